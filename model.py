@@ -1,0 +1,192 @@
+"""A GPT: a decoder-only transformer that predicts the next token, in the shape of GPT-2.
+
+    token ids (B, T) -> wte + wpe -> n_layer x [x + attn(ln_1(x)), x + mlp(ln_2(x))] -> ln_f -> lm_head -> logits
+
+Attention goes through torch.nn.functional.scaled_dot_product_attention, which picks a fused kernel (flash
+attention on recent GPUs). Generation keeps a KV cache so that each new token costs one position, not a whole window.
+"""
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+@dataclass
+class GPTConfig:
+    block_size: int = 256  # longest context the model sees (positions it has embeddings for)
+    vocab_size: int = 65  # number of distinct tokens (characters)
+    n_layer: int = 6  # transformer blocks
+    n_head: int = 6  # attention heads per block
+    n_embd: int = 384  # width of the residual stream
+    dropout: float = 0.0  # dropout probability in training
+    bias: bool = False  # biases in Linear and LayerNorm layers (GPT-2 had them; without is a little faster)
+
+
+class KVCache:
+    """Keys and values of the positions generated so far, one (k, v) pair per layer, each (B, nh, T, hs)."""
+
+    def __init__(self, n_layer: int):
+        self.layers: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * n_layer
+
+    def __len__(self) -> int:
+        first = self.layers[0]
+        return 0 if first is None else first[0].size(2)
+
+
+class CausalSelfAttention(nn.Module):
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        assert config.n_embd % config.n_head == 0, f"n_embd {config.n_embd} not divisible by n_head {config.n_head}"
+        self.n_head = config.n_head
+        self.n_embd = config.n_embd
+        self.dropout = config.dropout
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)  # q, k, v for all heads at once
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.resid_dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x, cache: KVCache | None = None, layer: int = 0):
+        B, T, C = x.size()  # batch, sequence length, n_embd
+        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
+        hs = C // self.n_head
+        q = q.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
+        v = v.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
+        past = cache.layers[layer] if cache is not None else None
+        if past is not None:
+            # Decoding one new position: it may attend to every cached position, so no mask is needed.
+            assert T == 1, f"with a filled KV cache, feed one token at a time (got T={T})"
+            k = torch.cat([past[0], k], dim=2)  # (B, nh, T_past + 1, hs)
+            v = torch.cat([past[1], v], dim=2)
+        if cache is not None:
+            cache.layers[layer] = (k, v)
+        y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0,
+                                           is_causal=past is None)  # (B, nh, T, hs)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble the heads side by side: (B, T, C)
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.gelu = nn.GELU()
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x):
+        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+
+
+class Block(nn.Module):
+    """Pre-norm residual block: normalise, transform, add back to the residual stream."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.mlp = MLP(config)
+
+    def forward(self, x, cache: KVCache | None = None, layer: int = 0):
+        x = x + self.attn(self.ln_1(x), cache, layer)
+        x = x + self.mlp(self.ln_2(x))
+        return x
+
+
+class GPT(nn.Module):
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.config = config
+        self.transformer = nn.ModuleDict(dict(
+            wte=nn.Embedding(config.vocab_size, config.n_embd),  # token embedding
+            wpe=nn.Embedding(config.block_size, config.n_embd),  # learned position embedding
+            drop=nn.Dropout(config.dropout),
+            h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
+            ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
+        ))
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        # Weight tying: the output layer reuses the token embedding, which saves parameters and helps small models.
+        self.lm_head.weight = self.transformer.wte.weight
+        self.apply(self._init_weights)
+        # GPT-2's scaled init: each residual branch's output projection is shrunk by 1/sqrt(2 * n_layer) so the
+        # residual stream's variance does not grow with depth.
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    @staticmethod
+    def _init_weights(module):
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def num_params(self, non_embedding: bool = True) -> int:
+        """Parameter count. The position embedding is left out by default, as it adds no compute per token;
+        the token embedding is counted because it is also the (tied) output layer."""
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            n -= self.transformer.wpe.weight.numel()
+        return n
+
+    def forward(self, idx, targets=None, cache: KVCache | None = None):
+        """idx (B, T) token ids -> logits (B, T, vocab_size), and the mean cross-entropy loss when targets is given.
+
+        With a cache, positions continue from the cached length and the new keys and values are appended.
+        """
+        B, T = idx.size()
+        start = len(cache) if cache is not None else 0
+        assert start + T <= self.config.block_size, \
+            f"sequence of {start + T} tokens is longer than block_size {self.config.block_size}"
+        pos = torch.arange(start, start + T, dtype=torch.long, device=idx.device)  # (T,)
+        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))  # (B, T, C)
+        for i, block in enumerate(self.transformer.h):
+            x = block(x, cache, i)
+        x = self.transformer.ln_f(x)
+        logits = self.lm_head(x)  # (B, T, vocab_size)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-1)
+        return logits, loss
+
+    @torch.no_grad()
+    def generate(self, idx, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
+                 use_cache: bool = True, generator: torch.Generator | None = None):
+        """Extend idx (B, T) by max_new_tokens sampled tokens and return (B, T + max_new_tokens).
+
+        temperature 0 means greedy (always the most likely token). top_k keeps only the k most likely tokens.
+        With use_cache, each step feeds only the newest token. When the context reaches block_size, the cache is
+        rebuilt from the last half window (positions are absolute, so old keys cannot just slide), so every token
+        still sees at least block_size // 2 tokens of context; without the cache every step re-reads the last
+        block_size tokens, which is exact but costs a whole window per token.
+        """
+        block_size = self.config.block_size
+        cache = None
+        logits = None
+        for _ in range(max_new_tokens):
+            if not use_cache:
+                logits, _ = self(idx[:, -block_size:])
+            elif cache is None or len(cache) >= block_size:
+                cache = KVCache(self.config.n_layer)
+                keep = block_size if logits is None else block_size // 2
+                logits, _ = self(idx[:, -keep:], cache=cache)
+            else:
+                logits, _ = self(idx[:, -1:], cache=cache)
+            next_logits = logits[:, -1, :]  # (B, vocab_size)
+            if temperature == 0:
+                idx_next = next_logits.argmax(dim=-1, keepdim=True)
+            else:
+                next_logits = next_logits / temperature
+                if top_k is not None and top_k < next_logits.size(-1):
+                    kth = torch.topk(next_logits, top_k).values[:, [-1]]
+                    next_logits = next_logits.masked_fill(next_logits < kth, float("-inf"))
+                probs = F.softmax(next_logits.float(), dim=-1)
+                idx_next = torch.multinomial(probs, num_samples=1, generator=generator)  # (B, 1)
+            idx = torch.cat((idx, idx_next), dim=1)
+        return idx

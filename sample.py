@@ -1,0 +1,130 @@
+"""Generate text from a trained run.
+
+    python sample.py                                   # the most recently updated run under out/
+    python sample.py --out_dir=out/cpu --start="ROMEO:" --num_samples=2 --max_new_tokens=300
+    python sample.py --start=FILE:prompt.txt --temperature=0.5
+
+Loads out_dir/best.pt (else ckpt.pt). The checkpoint carries the vocabulary, so nothing else is needed.
+"""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from configurator import UsageError, build_config, exit_with, help_text, parse_overrides, split_argv, wants_help
+from model import GPT, GPTConfig
+from train import load_checkpoint, resolve_device
+
+
+@dataclass
+class SampleConfig:
+    out_dir: str = ""  # the run to sample from; empty: the most recently updated run under out/
+    start: str = "\n"  # the prompt, or FILE:path to read it from a file
+    num_samples: int = 3  # how many samples to print
+    max_new_tokens: int = 500  # characters generated per sample
+    temperature: float = 0.8  # < 1 is more predictable, > 1 more surprising; 0 always takes the likeliest character
+    top_k: int = 200  # sample only among the k likeliest characters; 0 = all of them
+    seed: int = 1337  # the same seed, prompt and checkpoint give the same text
+    device: str = "auto"  # auto (cuda, else mps, else cpu), cpu, cuda, cuda:N or mps
+
+
+def validate(cfg: SampleConfig) -> None:
+    problems = []
+    if cfg.num_samples <= 0:
+        problems.append(f"'num_samples' must be a positive integer, got {cfg.num_samples}")
+    if cfg.max_new_tokens <= 0:
+        problems.append(f"'max_new_tokens' must be a positive integer, got {cfg.max_new_tokens}")
+    if cfg.temperature < 0:
+        problems.append(f"'temperature' must be >= 0 (0 = greedy), got {cfg.temperature}")
+    if cfg.top_k < 0:
+        problems.append(f"'top_k' must be >= 0 (0 = no limit), got {cfg.top_k}")
+    if problems:
+        raise UsageError(problems)
+
+
+def find_latest_run(root: Path = Path("out")) -> Path:
+    """The run folder under root whose checkpoint was written most recently."""
+    checkpoints = [p for pattern in ("*/best.pt", "*/ckpt.pt", "*/*/best.pt", "*/*/ckpt.pt") for p in root.glob(pattern)]
+    if not checkpoints:
+        raise UsageError(f"no run with a checkpoint under {root}/: train one first (python train.py config/cpu.py) "
+                         "or pass --out_dir")
+    return max(checkpoints, key=lambda p: p.stat().st_mtime).parent
+
+
+def checkpoint_path(out_dir: Path) -> Path:
+    if not out_dir.is_dir():
+        raise UsageError(f"run folder '{out_dir}' not found: pass --out_dir of a run under out/")
+    for name in ("best.pt", "ckpt.pt"):
+        if (out_dir / name).exists():
+            return out_dir / name
+    raise UsageError(f"run folder '{out_dir}' has no best.pt or ckpt.pt: it has not reached its first evaluation")
+
+
+def read_prompt(start: str) -> str:
+    if start.startswith("FILE:"):
+        path = Path(start[len("FILE:"):])
+        try:
+            return path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise UsageError(f"prompt file '{path}' not found") from None
+        except UnicodeDecodeError:
+            raise UsageError(f"prompt file '{path}' is not UTF-8 text") from None
+    return start
+
+
+def encode_prompt(prompt: str, vocab: list[str]) -> list[int]:
+    stoi = {ch: i for i, ch in enumerate(vocab)}
+    if not prompt:
+        raise UsageError("the prompt is empty: give at least one character, e.g. --start=\"\\n\"")
+    unknown = sorted({ch for ch in prompt if ch not in stoi})
+    if unknown:
+        raise UsageError(f"the prompt has characters the model never saw: {' '.join(repr(c) for c in unknown)}; "
+                         "remove or replace them")
+    return [stoi[ch] for ch in prompt]
+
+
+def main(argv=None):
+    if wants_help(argv):
+        print(__doc__ + "\nOptions (defaults shown):\n" + help_text(SampleConfig))
+        return None
+    try:
+        return sample(argv)
+    except UsageError as e:
+        exit_with(e)
+
+
+def sample(argv=None) -> list[str]:
+    _, options = split_argv(argv, allow_config_file=False)
+    cfg = build_config(SampleConfig, None, parse_overrides(options))
+    validate(cfg)
+    device = resolve_device(cfg.device)
+    if cfg.out_dir:
+        out_dir = Path(cfg.out_dir)
+    else:
+        out_dir = find_latest_run()
+        print(f"sampling from {out_dir} (the most recently updated run; choose another with --out_dir)")
+    path = checkpoint_path(out_dir)
+    ckpt = load_checkpoint(path, device)
+    vocab = ckpt["vocab"]
+    model = GPT(GPTConfig(**ckpt["model_config"]))
+    model.load_state_dict(ckpt["model"])
+    model.to(device).eval()
+    ids = encode_prompt(read_prompt(cfg.start), vocab)
+
+    print(f"{path}: iter {ckpt['iter_num']}, val loss {ckpt['best_val_loss']:.4f}")
+    generator = torch.Generator(device=device).manual_seed(cfg.seed)
+    idx = torch.tensor([ids], dtype=torch.long, device=device)  # (1, T)
+    top_k = cfg.top_k if cfg.top_k > 0 else None
+    samples = []
+    for _ in range(cfg.num_samples):
+        out = model.generate(idx, cfg.max_new_tokens, temperature=cfg.temperature, top_k=top_k, generator=generator)
+        text = "".join(vocab[i] for i in out[0].tolist())
+        samples.append(text)
+        print(text)
+        print("-" * 40)
+    return samples
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,40 @@
+"""Shared fixtures: a tiny prepared dataset and a tiny trained run, built once per test session (seconds on a CPU)."""
+
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+import prepare_shakespeare  # noqa: E402
+import train  # noqa: E402
+
+SHAKESPEARE = REPO / "data" / "shakespeare_char" / "input.txt"
+
+
+def tiny_train_args(data_dir, out_dir, **overrides):
+    """A model and schedule small enough to train in a second or two on one CPU core."""
+    settings = dict(device="cpu", compile="false", data_dir=data_dir, out_dir=out_dir, n_layer=1, n_head=2,
+                    n_embd=32, block_size=16, batch_size=8, max_iters=40, eval_interval=10, eval_iters=2,
+                    log_interval=5, dropout=0.1, warmup_iters=5, learning_rate=3e-3, min_lr=3e-4)
+    settings.update(overrides)
+    return [f"--{k}={v}" for k, v in settings.items()]
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    """The first 20,000 characters of Tiny Shakespeare, prepared like the real thing."""
+    root = tmp_path_factory.mktemp("tiny_data")
+    text_file = root / "tiny.txt"
+    text_file.write_text(SHAKESPEARE.read_text(encoding="utf-8")[:20_000], encoding="utf-8")
+    prepare_shakespeare.main(["--input", str(text_file), "--out_dir", str(root)])
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, tiny_data) -> Path:
+    out_dir = tmp_path_factory.mktemp("runs") / "tiny"
+    train.main(tiny_train_args(tiny_data, out_dir))
+    return out_dir

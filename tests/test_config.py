@@ -1,0 +1,112 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from configurator import UsageError
+from conftest import REPO
+from train import TrainConfig, load_config
+
+
+def write(tmp_path, text, name="exp.py") -> str:
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+def problems_of(argv) -> list[str]:
+    with pytest.raises(UsageError) as exc:
+        load_config(argv)
+    return exc.value.problems
+
+
+def test_defaults_then_file_then_command_line(tmp_path):
+    path = write(tmp_path, "n_layer = 3\nbatch_size = 7\n")
+    cfg = load_config([path, "--batch_size=5"])
+    assert (cfg.n_layer, cfg.batch_size, cfg.n_embd) == (3, 5, TrainConfig().n_embd)
+
+
+def test_config_can_import_baseline_and_change_one_line(tmp_path):
+    path = write(tmp_path, "from config.baseline import *\nimport math\nn_layer = 2\n_helper = 1\n")
+    cfg = load_config([path])
+    assert cfg.out_dir == "out/baseline" and cfg.n_layer == 2 and cfg.n_embd == 384
+
+
+def test_unknown_key_in_file_suggests_the_right_one(tmp_path):
+    path = write(tmp_path, "n_layers = 3\n")
+    assert problems_of([path]) == [f"unknown key 'n_layers' in {path} (did you mean 'n_layer'?)"]
+
+
+def test_every_problem_is_reported_at_once(tmp_path):
+    path = write(tmp_path, "learning_rat = 0.1\n")
+    problems = problems_of([path, "--n_head=abc", "--batch_sise=3"])
+    assert problems == [
+        f"unknown key 'learning_rat' in {path} (did you mean 'learning_rate'?)",
+        "'n_head' on the command line must be int, got 'abc'",
+        "unknown key 'batch_sise' on the command line (did you mean 'batch_size'?)",
+    ]
+
+
+@pytest.mark.parametrize("arg, key, value", [
+    ("--max_iters=5e3", "max_iters", 5000),
+    ("--learning_rate=3e-4", "learning_rate", 3e-4),
+    ("--bias=true", "bias", True),
+    ("--bias=False", "bias", False),
+    ("--compile=false", "compile", False),
+    ("--compile=auto", "compile", "auto"),
+    ("--compile", "compile", True),
+    ("--dtype=bfloat16", "dtype", "bfloat16"),
+    ("--init_from=resume", "init_from", "resume"),
+    ("--out_dir=out/a=b", "out_dir", "out/a=b"),  # split on the first '=' only
+])
+def test_values_are_converted_by_field_type(arg, key, value):
+    assert getattr(load_config([arg]), key) == value
+
+
+@pytest.mark.parametrize("arg, message", [
+    ("--max_iters=2.5", "'max_iters' on the command line must be int, got '2.5'"),
+    ("--bias=maybe", "'bias' on the command line must be bool, got 'maybe'"),
+    ("--dtype=float64", "'dtype' on the command line must be 'auto' or 'float32' or 'bfloat16' or 'float16'"),
+    ("--dropout=1.0", "'dropout' must be in [0, 1), got 1.0"),
+    ("--n_layer=0", "'n_layer' must be a positive integer, got 0"),
+    ("--learning_rate=0", "'learning_rate' must be > 0, got 0.0"),
+    ("--n_head=5", "'n_embd' (384) must be divisible by 'n_head' (5)"),
+    ("--device=gpu", "'device' must be auto, cpu, cuda, cuda:N or mps, got 'gpu'"),
+])
+def test_bad_values_are_refused_naming_the_key(arg, message):
+    assert any(p.startswith(message) for p in problems_of([arg])), problems_of([arg])
+
+
+def test_wrong_type_in_file_is_refused(tmp_path):
+    path = write(tmp_path, "n_layer = '4'\ndropout = 0.1\nmax_iters = 2e3\n")
+    assert problems_of([path]) == [f"'n_layer' in {path} must be int, got '4'"]
+
+
+def test_missing_and_broken_config_files(tmp_path):
+    assert "not found" in problems_of([str(tmp_path / "nope.py")])[0]
+    assert "does not parse" in problems_of([write(tmp_path, "n_layer = = 3\n")])[0]
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "config").glob("*.py")), ids=lambda p: p.name)
+def test_every_shipped_config_loads_and_validates(path):
+    cfg = load_config([str(path)])
+    if path.name != "__init__.py":
+        assert cfg.out_dir.startswith("out/") and cfg.out_dir != TrainConfig().out_dir
+
+
+def test_cli_mistake_is_one_line_without_traceback():
+    result = subprocess.run([sys.executable, "train.py", "config/baseline.py", "--n_layers=3"], cwd=REPO,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr == "error: unknown key 'n_layers' on the command line (did you mean 'n_layer'?)\n"
+
+
+def test_readme_documents_every_setting():
+    import dataclasses
+
+    from sample import SampleConfig
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    for cls in (TrainConfig, SampleConfig):
+        missing = [f.name for f in dataclasses.fields(cls) if f"| `{f.name}` |" not in readme]
+        assert not missing, f"README.md has no table row for {cls.__name__} keys {missing}"

@@ -1,0 +1,104 @@
+import math
+
+import pytest
+import torch
+
+from model import GPT, GPTConfig
+
+
+def tiny_model(**overrides) -> GPT:
+    torch.manual_seed(0)
+    settings = dict(block_size=16, vocab_size=11, n_layer=2, n_head=2, n_embd=32, dropout=0.0, bias=False)
+    settings.update(overrides)
+    return GPT(GPTConfig(**settings)).eval()
+
+
+def test_shapes_and_initial_loss():
+    model = tiny_model()
+    idx = torch.randint(11, (3, 16))
+    logits, loss = model(idx)
+    assert logits.shape == (3, 16, 11) and loss is None
+    logits, loss = model(idx, targets=torch.randint(11, (3, 16)))
+    assert loss.shape == ()
+    # Small init makes the first predictions near uniform: loss close to ln(vocab_size).
+    assert abs(loss.item() - math.log(11)) < 0.3
+
+
+def test_longer_than_block_size_is_refused():
+    with pytest.raises(AssertionError, match="longer than block_size 16"):
+        tiny_model()(torch.zeros(1, 17, dtype=torch.long))
+
+
+@pytest.mark.parametrize("t", [0, 5, 15])
+def test_causal_a_later_token_never_changes_earlier_logits(t):
+    model = tiny_model(bias=True)
+    idx = torch.randint(11, (2, 16))
+    changed = idx.clone()
+    changed[:, t] = (changed[:, t] + 1) % 11
+    before, _ = model(idx)
+    after, _ = model(changed)
+    torch.testing.assert_close(before[:, :t], after[:, :t], rtol=0, atol=1e-6)
+    assert not torch.allclose(before[:, t], after[:, t])  # the changed position itself does see the change
+
+
+def test_kv_cache_generation_matches_full_recompute_greedy():
+    model = tiny_model()
+    prompt = torch.randint(11, (2, 3))
+    with_cache = model.generate(prompt, max_new_tokens=13, temperature=0, use_cache=True)
+    without = model.generate(prompt, max_new_tokens=13, temperature=0, use_cache=False)
+    assert with_cache.shape == (2, 16)
+    assert torch.equal(with_cache, without)
+
+
+def test_kv_cache_logits_match_full_forward():
+    from model import KVCache
+    model = tiny_model()
+    idx = torch.randint(11, (2, 16))
+    full, _ = model(idx)
+    cache = KVCache(model.config.n_layer)
+    first, _ = model(idx[:, :5], cache=cache)
+    steps = [model(idx[:, t:t + 1], cache=cache)[0] for t in range(5, 16)]
+    torch.testing.assert_close(torch.cat([first, *steps], dim=1), full, rtol=1e-5, atol=1e-5)
+
+
+def test_generation_beyond_block_size_and_top_k_one_is_greedy():
+    model = tiny_model()
+    prompt = torch.randint(11, (1, 4))
+    out = model.generate(prompt, max_new_tokens=40, temperature=1.0, top_k=1)
+    assert out.shape == (1, 44) and torch.equal(out[:, :4], prompt)
+    greedy = model.generate(prompt, max_new_tokens=40, temperature=0)
+    assert torch.equal(out, greedy)
+
+
+def test_same_generator_seed_same_sample():
+    model = tiny_model()
+    prompt = torch.zeros(1, 1, dtype=torch.long)
+    a = model.generate(prompt, 30, temperature=1.0, generator=torch.Generator().manual_seed(3))
+    b = model.generate(prompt, 30, temperature=1.0, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(a, b)
+
+
+def test_parameter_count():
+    model = tiny_model()
+    # Tied weights are one tensor, so parameters() counts them once.
+    total = sum(p.numel() for p in model.parameters())
+    assert model.lm_head.weight is model.transformer.wte.weight
+    assert model.num_params(non_embedding=False) == total
+    assert model.num_params() == total - 16 * 32
+    per_block = 2 * 32 + 32 * 96 + 32 * 32 + 32 * 128 + 128 * 32  # two LayerNorm gains, attention, MLP
+    assert total == 11 * 32 + 16 * 32 + 2 * per_block + 32
+
+
+def test_tiny_model_overfits_one_batch():
+    model = tiny_model().train()
+    torch.manual_seed(1)
+    x = torch.randint(11, (4, 16))
+    x[:, 0] = torch.arange(4)  # distinct first tokens, so every target is predictable from its prefix
+    y = torch.randint(11, (4, 16))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    for _ in range(150):
+        _, loss = model(x, y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert loss.item() < 0.05, f"loss {loss.item():.3f} after 150 steps on one batch"

@@ -1,0 +1,155 @@
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import train
+from conftest import tiny_train_args
+from model import GPT, GPTConfig
+
+
+def read_metrics(out_dir):
+    return [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_tiny_run_writes_its_records_and_learns(tiny_run):
+    config = json.loads((tiny_run / "config.json").read_text())
+    assert config["device"] == "cpu" and config["dtype"] == "float32" and config["compile"] is False
+    assert config["n_layer"] == 1 and config["lr_decay_iters"] == 40  # -1 resolved to max_iters
+    run = json.loads((tiny_run / "run.json").read_text())
+    assert {"argv", "git_commit", "torch_version", "device_name", "params"} <= run.keys()
+    assert run["torch_version"] == torch.__version__
+
+    metrics = read_metrics(tiny_run)
+    assert [m["iter"] for m in metrics] == [0, 10, 20, 30, 40]
+    assert {"iter", "train_loss", "val_loss", "lr", "elapsed_s", "tokens"} <= metrics[0].keys()
+    assert metrics[-1]["tokens"] == 40 * 8 * 16
+    assert metrics[-1]["val_loss"] < metrics[0]["val_loss"] - 0.5
+    assert metrics[-1]["train_loss"] < metrics[0]["train_loss"] - 0.5
+
+    ckpt = torch.load(tiny_run / "ckpt.pt", weights_only=True)
+    best = torch.load(tiny_run / "best.pt", weights_only=True)
+    assert ckpt["iter_num"] == 40 and "optimizer" in ckpt and "optimizer" not in best
+    assert best["best_val_loss"] == pytest.approx(min(m["val_loss"] for m in metrics), abs=1e-5)
+    assert not any(k.startswith("_orig_mod.") for k in best["model"])
+    model = GPT(GPTConfig(**best["model_config"]))
+    model.load_state_dict(best["model"])
+    assert len(best["vocab"]) == best["model_config"]["vocab_size"]
+
+
+def test_resume_continues_the_same_loss_curve(tmp_path, tiny_data):
+    straight = tmp_path / "straight"
+    train.main(tiny_train_args(tiny_data, straight, max_iters=30))
+    halves = tmp_path / "halves"
+    # The first half must use the full run's schedule, so it decays over 30 steps, not 15.
+    train.main(tiny_train_args(tiny_data, halves, max_iters=20, lr_decay_iters=30))
+    assert torch.load(halves / "ckpt.pt", weights_only=True)["iter_num"] == 20
+    result = train.main(tiny_train_args(tiny_data, halves, max_iters=30, lr_decay_iters=30, init_from="resume"))
+    assert result["iter_num"] == 30
+    expected = [(m["iter"], m["train_loss"], m["val_loss"]) for m in read_metrics(straight)]
+    resumed = [(m["iter"], m["train_loss"], m["val_loss"]) for m in read_metrics(halves)]
+    assert resumed == expected
+
+
+def test_resume_with_a_different_shape_is_refused(tiny_run, tiny_data, capsys):
+    with pytest.raises(SystemExit) as exc:
+        train.main(tiny_train_args(tiny_data, tiny_run, n_embd=64, init_from="resume"))
+    assert exc.value.code == 2
+    assert "n_embd (checkpoint 32, now 64)" in capsys.readouterr().err
+
+
+def test_missing_data_says_to_run_prepare(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        train.main(tiny_train_args(tmp_path / "nothing", tmp_path / "out"))
+    assert "run prepare_shakespeare.py first" in capsys.readouterr().err
+
+
+def test_block_size_larger_than_val_split_is_refused(tiny_data, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        train.main(tiny_train_args(tiny_data, tmp_path / "out", block_size=4096))
+    assert "block_size 4096 needs more than 4096 tokens in the val split, which has 2000" in capsys.readouterr().err
+
+
+def test_cuda_on_a_machine_without_one_is_refused(tiny_data, tmp_path, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(SystemExit):
+        train.main(tiny_train_args(tiny_data, tmp_path / "out", device="cuda"))
+    assert "no CUDA GPU" in capsys.readouterr().err
+
+
+def test_get_batch_targets_are_inputs_shifted_by_one():
+    data = torch.arange(100)
+    x, y = train.get_batch(data, block_size=8, batch_size=5, generator=torch.Generator().manual_seed(0))
+    assert x.shape == y.shape == (5, 8)
+    assert torch.equal(y, x + 1)
+    assert torch.equal(x[:, 1:], x[:, :-1] + 1)  # contiguous windows
+
+
+def test_validation_loss_covers_the_whole_split_deterministically():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=8, vocab_size=7, n_layer=1, n_head=1, n_embd=8)).eval()
+    data = torch.randint(7, (43,))
+    got = train.evaluate_split(model, data, block_size=8, batch_size=2, autocast=torch.no_grad())
+    # By hand: 42 targets, five full windows of 8 and one window of 2, every target counted once.
+    losses = []
+    for start in range(0, 42, 8):
+        x, y = data[start:min(start + 8, 42)], data[start + 1:min(start + 9, 43)]
+        logits, _ = model(x[None])
+        losses.append(F.cross_entropy(logits[0], y, reduction="none"))
+    expected = torch.cat(losses)
+    assert len(expected) == 42
+    assert got == pytest.approx(expected.mean().item(), rel=1e-6)
+    assert got == train.evaluate_split(model, data, block_size=8, batch_size=4, autocast=torch.no_grad())
+
+
+def test_learning_rate_schedule():
+    lr = lambda it: train.get_lr(it, learning_rate=1.0, min_lr=0.1, warmup_iters=10, lr_decay_iters=110)
+    assert lr(0) == pytest.approx(1 / 11)
+    assert lr(9) == pytest.approx(10 / 11)
+    assert lr(10) == pytest.approx(1.0)
+    assert lr(60) == pytest.approx(0.55)  # halfway through the cosine
+    assert lr(110) == lr(500) == pytest.approx(0.1)
+    assert all(lr(i) >= lr(i + 1) for i in range(10, 120))
+
+
+def test_weight_decay_only_on_matrices():
+    model = GPT(GPTConfig(block_size=8, vocab_size=7, n_layer=1, n_head=1, n_embd=8, bias=True))
+    optimizer = train.make_optimizer(model, 1e-3, 0.1, (0.9, 0.99), fused=False)
+    decay, no_decay = optimizer.param_groups
+    assert decay["weight_decay"] == 0.1 and all(p.dim() == 2 for p in decay["params"])
+    assert no_decay["weight_decay"] == 0.0 and all(p.dim() == 1 for p in no_decay["params"])
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+
+
+def test_bfloat16_autocast_path_trains_on_cpu(tiny_data, tmp_path):
+    """The mixed-precision code path (autocast, float32 loss) runs here on a CPU; on a GPU it is the default."""
+    out = tmp_path / "bf16"
+    train.main(tiny_train_args(tiny_data, out, dtype="bfloat16", max_iters=20))
+    assert json.loads((out / "config.json").read_text())["dtype"] == "bfloat16"
+    metrics = read_metrics(out)
+    assert metrics[-1]["val_loss"] < metrics[0]["val_loss"] - 0.3
+
+
+def test_float16_without_a_gpu_is_refused(tiny_data, tmp_path, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(SystemExit):
+        train.main(tiny_train_args(tiny_data, tmp_path / "out", dtype="float16"))
+    assert "dtype 'float16' needs a CUDA GPU" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_run_with_autocast_and_compile(tiny_data, tmp_path):
+    out = tmp_path / "gpu"
+    train.main(tiny_train_args(tiny_data, out, device="cuda", dtype="auto", compile="true"))
+    config = json.loads((out / "config.json").read_text())
+    assert config["device"] == "cuda" and config["compile"] is True
+    assert config["dtype"] == ("bfloat16" if torch.cuda.is_bf16_supported() else "float16")
+    metrics = read_metrics(out)
+    assert metrics[-1]["val_loss"] < metrics[0]["val_loss"] - 0.5
+    best = torch.load(out / "best.pt", weights_only=True, map_location="cpu")
+    assert not any(k.startswith("_orig_mod.") for k in best["model"])  # saved from the uncompiled module

@@ -1,0 +1,527 @@
+"""Train a character-level GPT.
+
+    python train.py config/cpu.py                      # about 2 minutes on a laptop CPU
+    python train.py config/baseline.py                 # nanoGPT's Shakespeare-char recipe, for a GPU
+    python train.py config/cpu.py --max_iters=500 --n_layer=2
+    python train.py config/cpu.py --init_from=resume   # continue from out_dir/ckpt.pt
+
+Settings: the TrainConfig defaults below, then the config file's assignments, then --key=value overrides.
+Everything a run makes lands in out_dir: config.json, run.json, metrics.jsonl, ckpt.pt and best.pt.
+"""
+
+import json
+import math
+import os
+import platform
+import signal
+import subprocess
+import sys
+import threading
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from configurator import (REPO_ROOT, UsageError, build_config, ensure_dir, exit_with, help_text, parse_overrides,
+                          split_argv, wants_help)
+from model import GPT, GPTConfig
+
+CHECKPOINT_FORMAT_VERSION = 1
+
+
+@dataclass
+class TrainConfig:
+    # I/O
+    out_dir: str = "out/run"  # where this run's logs and checkpoints go
+    data_dir: str = "data/shakespeare_char"  # holds train.bin, val.bin and meta.json from prepare_shakespeare.py
+    init_from: Literal["scratch", "resume"] = "scratch"  # 'resume' continues from out_dir/ckpt.pt
+    always_save_checkpoint: bool = True  # write ckpt.pt at every evaluation (False: only when val loss improves)
+    # evaluation and logging
+    eval_interval: int = 250  # optimizer steps between evaluations (there is always one at the last step)
+    eval_iters: int = 200  # random train batches averaged for the train loss (val loss uses the whole val split)
+    log_interval: int = 10  # optimizer steps between progress-bar updates (each reads the loss: a host sync)
+    # system
+    device: str = "auto"  # auto (cuda, else mps, else cpu), cpu, cuda, cuda:N or mps
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # float32, bfloat16 or float16; auto: bfloat16 (else float16) on CUDA, float32 elsewhere
+    compile: bool | Literal["auto"] = "auto"  # torch.compile the model; auto: on for CUDA
+    seed: int = 1337  # seeds weights, batches and dropout: the same seed gives the same run on CPU
+    # data
+    batch_size: int = 64  # sequences per micro-batch
+    block_size: int = 256  # context length in characters
+    gradient_accumulation_steps: int = 1  # micro-batches per optimizer step
+    # model
+    n_layer: int = 6  # transformer blocks
+    n_head: int = 6  # attention heads per block
+    n_embd: int = 384  # width of the residual stream
+    dropout: float = 0.2  # dropout probability in training
+    bias: bool = False  # biases in Linear and LayerNorm layers
+    # optimizer: AdamW
+    learning_rate: float = 1e-3  # peak learning rate
+    max_iters: int = 5000  # optimizer steps in total
+    weight_decay: float = 0.1  # decoupled weight decay, applied to weight matrices only
+    beta1: float = 0.9  # AdamW beta1
+    beta2: float = 0.99  # AdamW beta2
+    grad_clip: float = 1.0  # clip the gradient norm to this; 0 = no clipping
+    # learning-rate schedule: linear warmup, then cosine decay to min_lr
+    warmup_iters: int = 100  # steps of linear warmup from 0 to learning_rate
+    lr_decay_iters: int = -1  # step at which the cosine reaches min_lr; -1 = max_iters
+    min_lr: float = 1e-4  # learning rate at the end of the decay
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Configuration
+
+def validate(cfg: TrainConfig) -> None:
+    """Check values before any work starts; report every problem at once."""
+    problems = []
+    for key in ("batch_size", "block_size", "n_layer", "n_head", "n_embd", "gradient_accumulation_steps",
+                "eval_interval", "eval_iters", "log_interval"):
+        if getattr(cfg, key) <= 0:
+            problems.append(f"'{key}' must be a positive integer, got {getattr(cfg, key)}")
+    for key in ("max_iters", "warmup_iters", "min_lr", "weight_decay", "grad_clip"):
+        if getattr(cfg, key) < 0:
+            problems.append(f"'{key}' must be >= 0, got {getattr(cfg, key)}")
+    if cfg.n_head > 0 and cfg.n_embd % cfg.n_head != 0:
+        problems.append(f"'n_embd' ({cfg.n_embd}) must be divisible by 'n_head' ({cfg.n_head}): "
+                        f"each head gets n_embd / n_head dimensions")
+    if not 0 <= cfg.dropout < 1:
+        problems.append(f"'dropout' must be in [0, 1), got {cfg.dropout}")
+    if not cfg.learning_rate > 0:
+        problems.append(f"'learning_rate' must be > 0, got {cfg.learning_rate}")
+    elif cfg.min_lr > cfg.learning_rate:
+        problems.append(f"'min_lr' ({cfg.min_lr}) must not exceed 'learning_rate' ({cfg.learning_rate})")
+    for key in ("beta1", "beta2"):
+        if not 0 <= getattr(cfg, key) < 1:
+            problems.append(f"'{key}' must be in [0, 1), got {getattr(cfg, key)}")
+    if cfg.lr_decay_iters < -1:
+        problems.append(f"'lr_decay_iters' must be >= 0, or -1 for max_iters; got {cfg.lr_decay_iters}")
+    device = cfg.device
+    if not (device in ("auto", "cpu", "cuda", "mps") or (device.startswith("cuda:") and device[5:].isdigit())):
+        problems.append(f"'device' must be auto, cpu, cuda, cuda:N or mps, got '{device}'")
+    if problems:
+        raise UsageError(problems)
+
+
+def load_config(argv=None) -> TrainConfig:
+    config_path, options = split_argv(argv)
+    cfg = build_config(TrainConfig, config_path, parse_overrides(options))
+    validate(cfg)
+    return cfg
+
+
+def resolve_device(requested: str) -> str:
+    if requested == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        if torch.backends.mps.is_available():
+            return "mps"
+        return "cpu"
+    if requested.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"device '{requested}' asked for, but this machine has no CUDA GPU: use --device=cpu")
+    if requested.startswith("cuda:") and int(requested[5:]) >= torch.cuda.device_count():
+        raise UsageError(f"device '{requested}' asked for, but there are only {torch.cuda.device_count()} GPUs")
+    if requested == "mps" and not torch.backends.mps.is_available():
+        raise UsageError("device 'mps' asked for, but this machine has no Apple GPU: use --device=cpu")
+    return requested
+
+
+def resolve_dtype(requested: str, device: str) -> str:
+    if requested == "auto":
+        if device.startswith("cuda"):
+            return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+        return "float32"
+    if requested == "float16" and not device.startswith("cuda"):
+        raise UsageError(f"dtype 'float16' needs a CUDA GPU (it trains with a grad scaler); on {device} use "
+                         "--dtype=float32 or --dtype=bfloat16")
+    if requested == "bfloat16" and device.startswith("cuda") and not torch.cuda.is_bf16_supported():
+        raise UsageError("dtype 'bfloat16' is not supported by this GPU: use --dtype=float16")
+    return requested
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Data
+
+def load_meta(data_dir: str) -> dict:
+    path = Path(data_dir) / "meta.json"
+    if not path.exists():
+        raise UsageError(f"{path} not found: run prepare_shakespeare.py first (or point --data_dir at prepared data)")
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+        vocab = meta["vocab"]
+        assert isinstance(vocab, list) and all(isinstance(c, str) for c in vocab)
+    except (ValueError, KeyError, TypeError, AssertionError):
+        raise UsageError(f"{path} is corrupt (no readable 'vocab' list): run prepare_shakespeare.py again") from None
+    return meta
+
+
+def load_tokens(path: Path, vocab_size: int, device: str) -> torch.Tensor:
+    """Read a whole .bin split into memory (on the training device) as int64 token ids."""
+    if not path.exists():
+        raise UsageError(f"{path} not found: run prepare_shakespeare.py first (or point --data_dir at prepared data)")
+    if path.stat().st_size % 2:
+        raise UsageError(f"{path} is truncated (odd byte count for uint16 ids): run prepare_shakespeare.py again")
+    ids = np.fromfile(path, dtype=np.uint16)
+    if ids.size and int(ids.max()) >= vocab_size:
+        raise UsageError(f"{path} holds token id {int(ids.max())} but meta.json's vocabulary has {vocab_size}: "
+                         "the data and its meta.json do not match; run prepare_shakespeare.py again")
+    return torch.from_numpy(ids.astype(np.int64)).to(device)
+
+
+def get_batch(data: torch.Tensor, block_size: int, batch_size: int, generator: torch.Generator):
+    """Random windows of block_size + 1 tokens: x is each window's first block_size, y the same shifted by one."""
+    ix = torch.randint(len(data) - block_size, (batch_size,), generator=generator, device=data.device)  # (B,)
+    offsets = torch.arange(block_size + 1, device=data.device)  # (T+1,)
+    windows = data[ix[:, None] + offsets]  # (B, T+1)
+    return windows[:, :-1], windows[:, 1:]
+
+
+@torch.no_grad()
+def evaluate_split(model, data: torch.Tensor, block_size: int, batch_size: int, autocast) -> float:
+    """Mean next-token cross-entropy over the whole split, in non-overlapping windows of block_size.
+
+    Deterministic: the same weights always give the same number. The last, shorter window covers the remainder.
+    """
+    n_targets = len(data) - 1
+    n_full = n_targets // block_size
+    x_full = data[:n_full * block_size].view(n_full, block_size)  # (N, T)
+    y_full = data[1:n_full * block_size + 1].view(n_full, block_size)  # (N, T)
+    chunks = [(x_full[i:i + batch_size], y_full[i:i + batch_size]) for i in range(0, n_full, batch_size)]
+    if n_targets > n_full * block_size:
+        chunks.append((data[n_full * block_size:-1][None], data[n_full * block_size + 1:][None]))
+    total = torch.zeros((), dtype=torch.float64, device=data.device)
+    for x, y in chunks:
+        with autocast:
+            _, loss = model(x, y)
+        total += loss.double() * y.numel()
+    return (total / n_targets).item()
+
+
+@torch.no_grad()
+def estimate_train_loss(model, data, block_size, batch_size, n_batches, generator, autocast) -> float:
+    losses = torch.zeros(n_batches, device=data.device)
+    for k in range(n_batches):
+        x, y = get_batch(data, block_size, batch_size, generator)
+        with autocast:
+            _, loss = model(x, y)
+        losses[k] = loss.float()
+    return losses.mean().item()
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Optimization
+
+def get_lr(it: int, learning_rate: float, min_lr: float, warmup_iters: int, lr_decay_iters: int) -> float:
+    """Linear warmup for warmup_iters steps, then cosine decay to min_lr at lr_decay_iters, then flat."""
+    if it < warmup_iters:
+        return learning_rate * (it + 1) / (warmup_iters + 1)
+    if it >= lr_decay_iters:
+        return min_lr
+    progress = (it - warmup_iters) / (lr_decay_iters - warmup_iters)  # 0 -> 1
+    return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (learning_rate - min_lr)
+
+
+def make_optimizer(model, learning_rate, weight_decay, betas, fused: bool) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices (embeddings, Linear weights) only, not on biases and LayerNorm gains."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=fused)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Checkpoints and run records
+
+def save_atomic(obj, path: Path) -> None:
+    """torch.save to a temp file, fsync, then rename: a crash leaves the old file or the new one, never half of one."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    if hasattr(os, "O_DIRECTORY"):  # make the rename itself durable
+        dir_fd = os.open(path.parent, os.O_DIRECTORY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+def load_checkpoint(path: Path, device: str = "cpu") -> dict:
+    """Load one of our checkpoints safely (weights_only: no code runs) or explain what is wrong with it."""
+    if not path.exists():
+        raise UsageError(f"checkpoint {path} not found")
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:  # a truncated or foreign file surfaces as many exception types; all mean "unreadable"
+        raise UsageError(f"checkpoint {path} cannot be read ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
+                         "it may be truncated or not a checkpoint") from None
+    if not isinstance(ckpt, dict) or "format_version" not in ckpt:
+        raise UsageError(f"checkpoint {path} is not a checkpoint of this harness (no format_version)")
+    if ckpt["format_version"] != CHECKPOINT_FORMAT_VERSION:
+        raise UsageError(f"checkpoint {path} has format version {ckpt['format_version']}, this code reads version "
+                         f"{CHECKPOINT_FORMAT_VERSION}")
+    return ckpt
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if out.returncode != 0:
+        return None
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
+                           capture_output=True, text=True, timeout=10).stdout.strip()
+    return out.stdout.strip() + ("-dirty" if dirty else "")
+
+
+def device_name(device: str) -> str:
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name(torch.device(device))
+    if device == "cpu":
+        return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+    return device
+
+
+class StopRequest:
+    """Ctrl-C or SIGTERM asks the loop to stop after the current step and save; a second one stops at once."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = {}
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        tqdm.write("stop requested: finishing this step and saving ckpt.pt (press Ctrl-C again to quit at once)")
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():  # signals can only be caught there
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def format_duration(seconds: float) -> str:
+    minutes, s = divmod(seconds, 60)
+    return f"{int(minutes)}m {s:04.1f}s" if minutes else f"{s:.1f}s"
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The run
+
+def main(argv=None):
+    if wants_help(argv):
+        print(__doc__ + "\nSettings (defaults shown):\n" + help_text(TrainConfig))
+        return None
+    try:
+        return train(argv)
+    except UsageError as e:
+        exit_with(e)
+
+
+def train(argv=None) -> dict:
+    cfg = load_config(argv)
+    device = resolve_device(cfg.device)
+    dtype = resolve_dtype(cfg.dtype, device)
+    use_compile = device.startswith("cuda") if cfg.compile == "auto" else cfg.compile
+    lr_decay_iters = cfg.max_iters if cfg.lr_decay_iters == -1 else cfg.lr_decay_iters
+    device_type = "cuda" if device.startswith("cuda") else device
+    out_dir = ensure_dir(cfg.out_dir)
+
+    meta = load_meta(cfg.data_dir)
+    vocab = meta["vocab"]
+    train_data = load_tokens(Path(cfg.data_dir) / "train.bin", len(vocab), device)
+    val_data = load_tokens(Path(cfg.data_dir) / "val.bin", len(vocab), device)
+    for name, split in (("train", train_data), ("val", val_data)):
+        if len(split) <= cfg.block_size:
+            raise UsageError(f"block_size {cfg.block_size} needs more than {cfg.block_size} tokens in the {name} "
+                             f"split, which has {len(split)}: lower block_size or use more text")
+
+    ckpt = None
+    if cfg.init_from == "resume":
+        ckpt = load_checkpoint(out_dir / "ckpt.pt", device)
+        if ckpt.get("optimizer") is None:
+            raise UsageError(f"{out_dir / 'ckpt.pt'} holds no optimizer state, so it cannot be resumed")
+        saved = ckpt["train_config"]
+        differ = [k for k in ("n_layer", "n_head", "n_embd", "block_size", "bias")
+                  if saved[k] != getattr(cfg, k)]
+        if differ:
+            raise UsageError("cannot resume: the checkpoint's model differs in " + ", ".join(
+                f"{k} (checkpoint {saved[k]}, now {getattr(cfg, k)})" for k in differ))
+        if ckpt["vocab"] != vocab:
+            raise UsageError(f"cannot resume: {cfg.data_dir}/meta.json's vocabulary differs from the checkpoint's")
+
+    # Seeds and the batch sampler's own generator: on CPU, the same seed gives the same run, and resume continues it.
+    torch.manual_seed(cfg.seed)
+    batch_gen = torch.Generator(device=device).manual_seed(cfg.seed)
+    if device_type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matmuls for any float32 work left outside autocast
+        torch.backends.cudnn.allow_tf32 = True
+    ptdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+    autocast = (nullcontext() if ptdtype == torch.float32
+                else torch.autocast(device_type=device_type, dtype=ptdtype))
+
+    model_config = GPTConfig(block_size=cfg.block_size, vocab_size=len(vocab), n_layer=cfg.n_layer,
+                             n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=cfg.dropout, bias=cfg.bias)
+    raw_model = GPT(model_config).to(device)
+    optimizer = make_optimizer(raw_model, cfg.learning_rate, cfg.weight_decay, (cfg.beta1, cfg.beta2),
+                               fused=device_type == "cuda")
+    scaler = torch.amp.GradScaler(device_type, enabled=ptdtype == torch.float16)
+    iter_num, best_val_loss, best_iter, tokens_seen, elapsed_before = 0, float("inf"), None, 0, 0.0
+    if ckpt is not None:
+        raw_model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        if ckpt.get("scaler"):
+            scaler.load_state_dict(ckpt["scaler"])
+        iter_num, best_val_loss, best_iter = ckpt["iter_num"], ckpt["best_val_loss"], ckpt["best_iter"]
+        tokens_seen, elapsed_before = ckpt["tokens_seen"], ckpt["elapsed_s"]
+        rng = ckpt["rng"]
+        torch.set_rng_state(rng["torch"].cpu())
+        batch_gen.set_state(rng["batch"].cpu())
+        if device_type == "cuda" and rng.get("cuda") is not None:
+            torch.cuda.set_rng_state(rng["cuda"].cpu(), torch.device(device))
+        ckpt = None  # free the loaded tensors before training
+    model = torch.compile(raw_model) if use_compile else raw_model
+
+    resolved = asdict(cfg) | {"device": device, "dtype": dtype, "compile": use_compile,
+                              "lr_decay_iters": lr_decay_iters}
+    (out_dir / "config.json").write_text(json.dumps(resolved, indent=1) + "\n")
+    run_info = {
+        "argv": sys.argv if argv is None else ["train.py", *argv],
+        "git_commit": git_commit(),
+        "torch_version": torch.__version__,
+        "python_version": platform.python_version(),
+        "device": device,
+        "device_name": device_name(device),
+        "params": raw_model.num_params(),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "resumed_from_iter": iter_num if cfg.init_from == "resume" else None,
+    }
+    (out_dir / "run.json").write_text(json.dumps(run_info, indent=1) + "\n")
+    metrics_path = out_dir / "metrics.jsonl"
+    if cfg.init_from == "scratch":
+        metrics_path.write_text("")
+    tokens_per_iter = cfg.batch_size * cfg.block_size * cfg.gradient_accumulation_steps
+    print(f"{run_info['params'] / 1e6:.2f}M parameters | {device} ({run_info['device_name']}) | {dtype}"
+          f"{' | compiled' if use_compile else ''} | {tokens_per_iter:,} tokens per iteration | out_dir {out_dir}")
+
+    def checkpoint_state(with_optimizer: bool) -> dict:
+        state = {
+            "format_version": CHECKPOINT_FORMAT_VERSION,
+            "model": raw_model.state_dict(),  # the uncompiled module's keys, loadable without torch.compile
+            "model_config": asdict(model_config),
+            "train_config": resolved,
+            "vocab": vocab,
+            "iter_num": iter_num,
+            "best_val_loss": best_val_loss,
+            "best_iter": best_iter,
+            "tokens_seen": tokens_seen,
+            "elapsed_s": elapsed,
+        }
+        if with_optimizer:
+            state["optimizer"] = optimizer.state_dict()
+            state["scaler"] = scaler.state_dict() if scaler.is_enabled() else None
+            state["rng"] = {
+                "torch": torch.get_rng_state(),
+                "batch": batch_gen.get_state(),
+                "cuda": torch.cuda.get_rng_state(torch.device(device)) if device_type == "cuda" else None,
+            }
+        return state
+
+    # ------------------------------------------------------------------------------------------------------------------
+    # The training loop. Each pass: evaluate if due, stop if this was the last step, otherwise take one optimizer step.
+    start_iter = iter_num
+    started = time.perf_counter()
+    elapsed = elapsed_before
+    last_logged = (started, iter_num)
+    stop_reason = None
+    pbar = tqdm(total=cfg.max_iters, initial=iter_num, desc=out_dir.name, unit="it", dynamic_ncols=True)
+    with StopRequest() as stop:
+        while True:
+            last_step = iter_num >= cfg.max_iters
+            elapsed = elapsed_before + time.perf_counter() - started
+            # A resumed run already evaluated (and logged) the iteration it resumes from.
+            already_evaluated = cfg.init_from == "resume" and iter_num == start_iter
+            if (iter_num % cfg.eval_interval == 0 or last_step) and not already_evaluated:
+                model.eval()
+                eval_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1 + iter_num)
+                val_loss = evaluate_split(model, val_data, cfg.block_size, cfg.batch_size, autocast)
+                train_loss = estimate_train_loss(model, train_data, cfg.block_size, cfg.batch_size, cfg.eval_iters,
+                                                 eval_gen, autocast)
+                model.train()
+                lr_now = get_lr(max(iter_num - 1, 0), cfg.learning_rate, cfg.min_lr, cfg.warmup_iters, lr_decay_iters)
+                record = {"iter": iter_num, "train_loss": round(train_loss, 6), "val_loss": round(val_loss, 6),
+                          "lr": lr_now, "elapsed_s": round(elapsed, 3), "tokens": tokens_seen}
+                with open(metrics_path, "a") as f:
+                    f.write(json.dumps(record) + "\n")
+                improved = val_loss < best_val_loss
+                if improved:
+                    best_val_loss, best_iter = val_loss, iter_num
+                tqdm.write(f"iter {iter_num}: train loss {train_loss:.4f}, val loss {val_loss:.4f}"
+                           f"{' (best)' if improved else ''}")
+                if iter_num > 0 and improved:
+                    save_atomic(checkpoint_state(with_optimizer=False), out_dir / "best.pt")
+                if iter_num > 0 and (improved or cfg.always_save_checkpoint):
+                    save_atomic(checkpoint_state(with_optimizer=True), out_dir / "ckpt.pt")
+            if last_step:
+                break
+            if stop.requested:
+                save_atomic(checkpoint_state(with_optimizer=True), out_dir / "ckpt.pt")
+                stop_reason = "interrupted"
+                break
+
+            lr = get_lr(iter_num, cfg.learning_rate, cfg.min_lr, cfg.warmup_iters, lr_decay_iters)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            for _ in range(cfg.gradient_accumulation_steps):
+                x, y = get_batch(train_data, cfg.block_size, cfg.batch_size, batch_gen)
+                with autocast:
+                    _, loss = model(x, y)
+                # Average over micro-batches so the gradient matches one big batch.
+                scaler.scale(loss / cfg.gradient_accumulation_steps).backward()
+            if cfg.grad_clip > 0:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            iter_num += 1
+            tokens_seen += tokens_per_iter
+
+            if iter_num % cfg.log_interval == 0 or iter_num == cfg.max_iters:
+                now = time.perf_counter()
+                rate = (iter_num - last_logged[1]) * tokens_per_iter / max(now - last_logged[0], 1e-9)
+                last_logged = (now, iter_num)
+                pbar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.2e}", tok_s=f"{rate:,.0f}", refresh=False)
+                pbar.update(iter_num - pbar.n)
+    pbar.close()
+
+    elapsed = elapsed_before + time.perf_counter() - started
+    tokens_per_s = (tokens_seen - start_iter * tokens_per_iter) / max(time.perf_counter() - started, 1e-9)
+    if stop_reason == "interrupted":
+        print(f"stopped at iter {iter_num}; saved {out_dir / 'ckpt.pt'}. Resume with: python train.py "
+              f"{' '.join(a for a in (argv if argv is not None else sys.argv[1:]) if 'init_from' not in a)} "
+              f"--init_from=resume")
+        raise SystemExit(130)
+    best_text = f"{best_val_loss:.4f} at iter {best_iter}" if best_iter is not None else "n/a"
+    print(f"best val loss {best_text} | {iter_num} iters in {format_duration(elapsed)} | "
+          f"{tokens_per_s:,.0f} tokens/s | checkpoints in {out_dir}")
+    return {"best_val_loss": best_val_loss, "best_iter": best_iter, "iter_num": iter_num, "elapsed_s": elapsed,
+            "tokens_per_s": tokens_per_s, "out_dir": str(out_dir)}
+
+
+if __name__ == "__main__":
+    main()
