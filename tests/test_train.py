@@ -73,12 +73,15 @@ def test_block_size_larger_than_val_split_is_refused(tiny_data, tmp_path, capsys
     assert "block_size 4096 needs more than 4096 tokens in the val split, which has 2000" in capsys.readouterr().err
 
 
-def test_cuda_on_a_machine_without_one_is_refused(tiny_data, tmp_path, capsys):
-    if torch.cuda.is_available():
-        pytest.skip("this machine has a GPU")
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+@pytest.mark.parametrize("setting, message", [
+    ({"device": "cuda"}, "device 'cuda' asked for, but this machine has no CUDA GPU: use --device=cpu"),
+    ({"dtype": "float16"}, "dtype 'float16' needs a CUDA GPU"),
+])
+def test_gpu_settings_without_a_gpu_are_refused(tiny_data, tmp_path, capsys, setting, message):
     with pytest.raises(SystemExit):
-        train.main(tiny_train_args(tiny_data, tmp_path / "out", device="cuda"))
-    assert "no CUDA GPU" in capsys.readouterr().err
+        train.main(tiny_train_args(tiny_data, tmp_path / "out", **setting))
+    assert message in capsys.readouterr().err
 
 
 def test_get_batch_targets_are_inputs_shifted_by_one():
@@ -132,14 +135,6 @@ def test_bfloat16_autocast_path_trains_on_cpu(tiny_data, tmp_path):
     assert json.loads((out / "config.json").read_text())["dtype"] == "bfloat16"
     metrics = read_metrics(out)
     assert metrics[-1]["val_loss"] < metrics[0]["val_loss"] - 0.3
-
-
-def test_float16_without_a_gpu_is_refused(tiny_data, tmp_path, capsys):
-    if torch.cuda.is_available():
-        pytest.skip("this machine has a GPU")
-    with pytest.raises(SystemExit):
-        train.main(tiny_train_args(tiny_data, tmp_path / "out", dtype="float16"))
-    assert "dtype 'float16' needs a CUDA GPU" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
