@@ -94,6 +94,30 @@ def main(argv=None):
         exit_with(e)
 
 
+def load_model(out_dir: Path, device: str):
+    """The run's best.pt (else ckpt.pt) as an eval-mode GPT on device, with its vocabulary and checkpoint info."""
+    path = checkpoint_path(out_dir)
+    ckpt = load_checkpoint(path, device)
+    model = GPT(GPTConfig(**ckpt["model_config"]))
+    model.load_state_dict(ckpt["model"])
+    model.to(device).eval()
+    info = {"path": str(path), "iter_num": ckpt["iter_num"], "best_val_loss": ckpt["best_val_loss"]}
+    return model, ckpt["vocab"], info
+
+
+def generate_texts(model: GPT, vocab: list[str], prompt: str, num_samples: int, max_new_tokens: int,
+                   temperature: float, top_k: int, seed: int, device: str) -> list[str]:
+    """num_samples continuations of prompt (included in each), reproducible for the same seed."""
+    idx = torch.tensor([encode_prompt(prompt, vocab)], dtype=torch.long, device=device)  # (1, T)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    texts = []
+    for _ in range(num_samples):
+        out = model.generate(idx, max_new_tokens, temperature=temperature, top_k=top_k if top_k > 0 else None,
+                             generator=generator)
+        texts.append("".join(vocab[i] for i in out[0].tolist()))
+    return texts
+
+
 def sample(argv=None) -> list[str]:
     _, options = split_argv(argv, allow_config_file=False)
     cfg = build_config(SampleConfig, None, parse_overrides(options))
@@ -104,26 +128,16 @@ def sample(argv=None) -> list[str]:
     else:
         out_dir = find_latest_run()
         print(f"sampling from {out_dir} (the most recently updated run; choose another with --out_dir)")
-    path = checkpoint_path(out_dir)
-    ckpt = load_checkpoint(path, device)
-    vocab = ckpt["vocab"]
-    model = GPT(GPTConfig(**ckpt["model_config"]))
-    model.load_state_dict(ckpt["model"])
-    model.to(device).eval()
-    ids = encode_prompt(read_prompt(cfg.start), vocab)
-
-    print(f"{path}: iter {ckpt['iter_num']}, val loss {ckpt['best_val_loss']:.4f}")
-    generator = torch.Generator(device=device).manual_seed(cfg.seed)
-    idx = torch.tensor([ids], dtype=torch.long, device=device)  # (1, T)
-    top_k = cfg.top_k if cfg.top_k > 0 else None
-    samples = []
-    for _ in range(cfg.num_samples):
-        out = model.generate(idx, cfg.max_new_tokens, temperature=cfg.temperature, top_k=top_k, generator=generator)
-        text = "".join(vocab[i] for i in out[0].tolist())
-        samples.append(text)
+    model, vocab, info = load_model(out_dir, device)
+    prompt = read_prompt(cfg.start)
+    encode_prompt(prompt, vocab)  # refuse unknown characters before printing anything
+    print(f"{info['path']}: iter {info['iter_num']}, val loss {info['best_val_loss']:.4f}")
+    texts = generate_texts(model, vocab, prompt, cfg.num_samples, cfg.max_new_tokens, cfg.temperature, cfg.top_k,
+                           cfg.seed, device)
+    for text in texts:
         print(text)
         print("-" * 40)
-    return samples
+    return texts
 
 
 if __name__ == "__main__":

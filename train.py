@@ -25,6 +25,7 @@ from typing import Literal
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from tqdm import tqdm
 
 from configurator import (REPO_ROOT, UsageError, build_config, ensure_dir, exit_with, help_text, parse_overrides,
@@ -32,6 +33,7 @@ from configurator import (REPO_ROOT, UsageError, build_config, ensure_dir, exit_
 from model import GPT, GPTConfig
 
 CHECKPOINT_FORMAT_VERSION = 1
+OVERFIT_MARGIN = 0.01  # nats the val loss may rise after its best before summary.json flags the run as overfitting
 
 
 @dataclass
@@ -44,6 +46,7 @@ class TrainConfig:
     # evaluation and logging
     eval_interval: int = 250  # optimizer steps between evaluations (there is always one at the last step)
     eval_iters: int = 200  # random train batches averaged for the train loss (val loss uses the whole val split)
+    early_stop_patience: int = 0  # stop after this many evaluations without a better val loss; 0 = never
     log_interval: int = 10  # optimizer steps between progress-bar updates (each reads the loss: a host sync)
     # system
     device: str = "auto"  # auto (cuda, else mps, else cpu), cpu, cuda, cuda:N or mps
@@ -83,7 +86,7 @@ def validate(cfg: TrainConfig) -> None:
                 "eval_interval", "eval_iters", "log_interval"):
         if getattr(cfg, key) <= 0:
             problems.append(f"'{key}' must be a positive integer, got {getattr(cfg, key)}")
-    for key in ("max_iters", "warmup_iters", "min_lr", "weight_decay", "grad_clip"):
+    for key in ("max_iters", "warmup_iters", "min_lr", "weight_decay", "grad_clip", "early_stop_patience"):
         if getattr(cfg, key) < 0:
             problems.append(f"'{key}' must be >= 0, got {getattr(cfg, key)}")
     if cfg.n_head > 0 and cfg.n_embd % cfg.n_head != 0:
@@ -181,10 +184,12 @@ def get_batch(data: torch.Tensor, block_size: int, batch_size: int, generator: t
 
 
 @torch.no_grad()
-def evaluate_split(model, data: torch.Tensor, block_size: int, batch_size: int, autocast) -> float:
-    """Mean next-token cross-entropy over the whole split, in non-overlapping windows of block_size.
+def evaluate_split(model, data: torch.Tensor, block_size: int, batch_size: int, autocast) -> dict:
+    """Next-token metrics over the whole split, in non-overlapping windows of block_size.
 
-    Deterministic: the same weights always give the same number. The last, shorter window covers the remainder.
+    Returns the mean cross-entropy `loss`, top-1 and top-5 accuracy (`acc`, `top5`) and `confusion`, a
+    (vocab, vocab) count of (target, top-1 prediction) pairs on the CPU. Deterministic: the same weights always give
+    the same numbers. The last, shorter window covers the remainder, so every target counts once.
     """
     n_targets = len(data) - 1
     n_full = n_targets // block_size
@@ -193,12 +198,39 @@ def evaluate_split(model, data: torch.Tensor, block_size: int, batch_size: int, 
     chunks = [(x_full[i:i + batch_size], y_full[i:i + batch_size]) for i in range(0, n_full, batch_size)]
     if n_targets > n_full * block_size:
         chunks.append((data[n_full * block_size:-1][None], data[n_full * block_size + 1:][None]))
-    total = torch.zeros((), dtype=torch.float64, device=data.device)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=data.device)
+    top5_hits = torch.zeros((), dtype=torch.long, device=data.device)
+    confusion = 0
     for x, y in chunks:
         with autocast:
-            _, loss = model(x, y)
-        total += loss.double() * y.numel()
-    return (total / n_targets).item()
+            logits, _ = model(x)
+        vocab_size = logits.size(-1)
+        logits = logits.float().view(-1, vocab_size)  # (B*T, V)
+        y = y.reshape(-1)  # (B*T,)
+        loss_sum += F.cross_entropy(logits, y, reduction="sum").double()
+        top = logits.topk(min(5, vocab_size), dim=-1).indices  # (B*T, 5)
+        top5_hits += (top == y[:, None]).any(dim=-1).sum()
+        confusion = confusion + torch.bincount(y * vocab_size + top[:, 0], minlength=vocab_size * vocab_size)
+    confusion = confusion.view(vocab_size, vocab_size).cpu()
+    return {"loss": (loss_sum / n_targets).item(), "acc": confusion.diagonal().sum().item() / n_targets,
+            "top5": top5_hits.item() / n_targets, "confusion": confusion}
+
+
+def classification_metrics(confusion: torch.Tensor) -> dict:
+    """Macro precision, recall and F1 over characters from a (target, prediction) count matrix.
+
+    Averaged over the characters that occur as targets; a character never predicted has precision 0.
+    """
+    confusion = confusion.double()
+    true_positives = confusion.diagonal()
+    support = confusion.sum(dim=1)  # how often each character is the target
+    predicted = confusion.sum(dim=0)  # how often each character is predicted
+    present = support > 0
+    precision = torch.where(predicted > 0, true_positives / predicted.clamp(min=1), 0.0)
+    recall = true_positives / support.clamp(min=1)
+    f1 = torch.where(precision + recall > 0, 2 * precision * recall / (precision + recall).clamp(min=1e-12), 0.0)
+    return {"precision_macro": precision[present].mean().item(), "recall_macro": recall[present].mean().item(),
+            "f1_macro": f1[present].mean().item()}
 
 
 @torch.no_grad()
@@ -268,6 +300,34 @@ def load_checkpoint(path: Path, device: str = "cpu") -> dict:
         raise UsageError(f"checkpoint {path} has format version {ckpt['format_version']}, this code reads version "
                          f"{CHECKPOINT_FORMAT_VERSION}")
     return ckpt
+
+
+def summarize_run(metrics: list[dict], classification: dict, *, run: str, out_dir: str, status: str, params: int,
+                  max_iters: int, wall_time_s: float, tokens_per_s: float) -> dict:
+    """summary.json: the best and final evaluations, the train/val gap, and whether the val loss rose after its best."""
+    best = min(metrics, key=lambda m: m["val_loss"])
+    final = metrics[-1]
+    rise = final["val_loss"] - best["val_loss"]
+    return {
+        "run": run,
+        "out_dir": out_dir,
+        "status": status,
+        "params": params,
+        "iters": final["iter"],
+        "max_iters": max_iters,
+        "best_val_loss": best["val_loss"],
+        "best_iter": best["iter"],
+        "best_val_ppl": best["val_ppl"],
+        "final": {k: final[k] for k in ("iter", "train_loss", "val_loss", "val_ppl", "val_bpc", "val_acc", "val_top5")}
+                 | {k: round(v, 6) for k, v in classification.items()},
+        "gap_at_best": round(best["val_loss"] - best["train_loss"], 6),
+        "gap_at_end": round(final["val_loss"] - final["train_loss"], 6),
+        "overfit": rise > OVERFIT_MARGIN,
+        "val_rise_after_best": round(rise, 6),
+        "wall_time_s": round(wall_time_s, 3),
+        "tokens": final["tokens"],
+        "tokens_per_s": round(tokens_per_s, 1),
+    }
 
 
 def git_commit() -> str | None:
@@ -381,6 +441,7 @@ def train(argv=None) -> dict:
                                fused=device_type == "cuda")
     scaler = torch.amp.GradScaler(device_type, enabled=ptdtype == torch.float16)
     iter_num, best_val_loss, best_iter, tokens_seen, elapsed_before = 0, float("inf"), None, 0, 0.0
+    evals_since_best = 0  # for early stopping
     if ckpt is not None:
         raw_model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
@@ -388,6 +449,7 @@ def train(argv=None) -> dict:
             scaler.load_state_dict(ckpt["scaler"])
         iter_num, best_val_loss, best_iter = ckpt["iter_num"], ckpt["best_val_loss"], ckpt["best_iter"]
         tokens_seen, elapsed_before = ckpt["tokens_seen"], ckpt["elapsed_s"]
+        evals_since_best = ckpt["evals_since_best"]
         rng = ckpt["rng"]
         torch.set_rng_state(rng["torch"].cpu())
         batch_gen.set_state(rng["batch"].cpu())
@@ -430,6 +492,7 @@ def train(argv=None) -> dict:
             "best_iter": best_iter,
             "tokens_seen": tokens_seen,
             "elapsed_s": elapsed,
+            "evals_since_best": evals_since_best,
         }
         if with_optimizer:
             state["optimizer"] = optimizer.state_dict()
@@ -448,6 +511,7 @@ def train(argv=None) -> dict:
     elapsed = elapsed_before
     last_logged = (started, iter_num)
     stop_reason = None
+    final_eval = None  # the last evaluation's full results, for summary.json
     pbar = tqdm(total=cfg.max_iters, initial=iter_num, desc=out_dir.name, unit="it", dynamic_ncols=True)
     with StopRequest() as stop:
         while True:
@@ -458,24 +522,35 @@ def train(argv=None) -> dict:
             if (iter_num % cfg.eval_interval == 0 or last_step) and not already_evaluated:
                 model.eval()
                 eval_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1 + iter_num)
-                val_loss = evaluate_split(model, val_data, cfg.block_size, cfg.batch_size, autocast)
+                final_eval = evaluate_split(model, val_data, cfg.block_size, cfg.batch_size, autocast)
                 train_loss = estimate_train_loss(model, train_data, cfg.block_size, cfg.batch_size, cfg.eval_iters,
                                                  eval_gen, autocast)
                 model.train()
+                val_loss = final_eval["loss"]
                 lr_now = get_lr(max(iter_num - 1, 0), cfg.learning_rate, cfg.min_lr, cfg.warmup_iters, lr_decay_iters)
                 record = {"iter": iter_num, "train_loss": round(train_loss, 6), "val_loss": round(val_loss, 6),
+                          "val_ppl": round(math.exp(val_loss), 4), "val_bpc": round(val_loss / math.log(2), 6),
+                          "val_acc": round(final_eval["acc"], 6), "val_top5": round(final_eval["top5"], 6),
                           "lr": lr_now, "elapsed_s": round(elapsed, 3), "tokens": tokens_seen}
                 with open(metrics_path, "a") as f:
                     f.write(json.dumps(record) + "\n")
                 improved = val_loss < best_val_loss
                 if improved:
-                    best_val_loss, best_iter = val_loss, iter_num
-                tqdm.write(f"iter {iter_num}: train loss {train_loss:.4f}, val loss {val_loss:.4f}"
-                           f"{' (best)' if improved else ''}")
+                    best_val_loss, best_iter, evals_since_best = val_loss, iter_num, 0
+                else:
+                    evals_since_best += 1
+                tqdm.write(f"iter {iter_num}: train loss {train_loss:.4f}, val loss {val_loss:.4f}, "
+                           f"val accuracy {final_eval['acc']:.1%}{' (best)' if improved else ''}")
                 if iter_num > 0 and improved:
                     save_atomic(checkpoint_state(with_optimizer=False), out_dir / "best.pt")
                 if iter_num > 0 and (improved or cfg.always_save_checkpoint):
                     save_atomic(checkpoint_state(with_optimizer=True), out_dir / "ckpt.pt")
+                if 0 < cfg.early_stop_patience <= evals_since_best and not last_step:
+                    tqdm.write(f"early stop: no better val loss in {evals_since_best} evaluations "
+                               f"(best {best_val_loss:.4f} at iter {best_iter})")
+                    save_atomic(checkpoint_state(with_optimizer=True), out_dir / "ckpt.pt")
+                    stop_reason = "early_stopped"
+                    break
             if last_step:
                 break
             if stop.requested:
@@ -516,11 +591,19 @@ def train(argv=None) -> dict:
               f"{' '.join(a for a in (argv if argv is not None else sys.argv[1:]) if 'init_from' not in a)} "
               f"--init_from=resume")
         raise SystemExit(130)
-    best_text = f"{best_val_loss:.4f} at iter {best_iter}" if best_iter is not None else "n/a"
-    print(f"best val loss {best_text} | {iter_num} iters in {format_duration(elapsed)} | "
-          f"{tokens_per_s:,.0f} tokens/s | checkpoints in {out_dir}")
-    return {"best_val_loss": best_val_loss, "best_iter": best_iter, "iter_num": iter_num, "elapsed_s": elapsed,
-            "tokens_per_s": tokens_per_s, "out_dir": str(out_dir)}
+    if final_eval is None:  # resumed at the very end: nothing was evaluated in this process
+        model.eval()
+        final_eval = evaluate_split(model, val_data, cfg.block_size, cfg.batch_size, autocast)
+    metrics = [json.loads(line) for line in metrics_path.read_text().splitlines()]
+    summary = summarize_run(metrics, classification_metrics(final_eval["confusion"]), run=out_dir.name,
+                            out_dir=str(out_dir), status=stop_reason or "finished", params=run_info["params"],
+                            max_iters=cfg.max_iters, wall_time_s=elapsed, tokens_per_s=tokens_per_s)
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    print(f"best val loss {summary['best_val_loss']:.4f} at iter {summary['best_iter']} | {iter_num} iters in "
+          f"{format_duration(elapsed)} | {tokens_per_s:,.0f} tokens/s | val accuracy {summary['final']['val_acc']:.1%}"
+          f"{' | early stopped' if stop_reason else ''}{' | overfitting' if summary['overfit'] else ''}"
+          f" | results in {out_dir}")
+    return summary
 
 
 if __name__ == "__main__":

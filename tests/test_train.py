@@ -25,10 +25,24 @@ def test_tiny_run_writes_its_records_and_learns(tiny_run):
 
     metrics = read_metrics(tiny_run)
     assert [m["iter"] for m in metrics] == [0, 10, 20, 30, 40]
-    assert {"iter", "train_loss", "val_loss", "lr", "elapsed_s", "tokens"} <= metrics[0].keys()
+    assert {"iter", "train_loss", "val_loss", "val_ppl", "val_bpc", "val_acc", "val_top5", "lr", "elapsed_s",
+            "tokens"} <= metrics[0].keys()
+    assert all(m["val_ppl"] == pytest.approx(math.exp(m["val_loss"]), rel=1e-4) for m in metrics)
+    assert all(m["val_bpc"] == pytest.approx(m["val_loss"] / math.log(2), rel=1e-5) for m in metrics)
+    assert all(0 <= m["val_acc"] <= m["val_top5"] <= 1 for m in metrics)
+    assert metrics[-1]["val_acc"] > metrics[0]["val_acc"]
     assert metrics[-1]["tokens"] == 40 * 8 * 16
     assert metrics[-1]["val_loss"] < metrics[0]["val_loss"] - 0.5
     assert metrics[-1]["train_loss"] < metrics[0]["train_loss"] - 0.5
+
+    summary = json.loads((tiny_run / "summary.json").read_text())
+    best_row = min(metrics, key=lambda m: m["val_loss"])
+    assert summary["status"] == "finished" and summary["iters"] == 40 and summary["params"] == run["params"]
+    assert (summary["best_val_loss"], summary["best_iter"]) == (best_row["val_loss"], best_row["iter"])
+    assert summary["final"]["val_acc"] == metrics[-1]["val_acc"]
+    assert 0 < summary["final"]["f1_macro"] <= 1 and 0 < summary["final"]["precision_macro"] <= 1
+    assert summary["gap_at_end"] == pytest.approx(metrics[-1]["val_loss"] - metrics[-1]["train_loss"], abs=1e-6)
+    assert summary["tokens"] == 40 * 8 * 16 and summary["wall_time_s"] > 0 and summary["tokens_per_s"] > 0
 
     ckpt = torch.load(tiny_run / "ckpt.pt", weights_only=True)
     best = torch.load(tiny_run / "best.pt", weights_only=True)
@@ -48,7 +62,7 @@ def test_resume_continues_the_same_loss_curve(tmp_path, tiny_data):
     train.main(tiny_train_args(tiny_data, halves, max_iters=20, lr_decay_iters=30))
     assert torch.load(halves / "ckpt.pt", weights_only=True)["iter_num"] == 20
     result = train.main(tiny_train_args(tiny_data, halves, max_iters=30, lr_decay_iters=30, init_from="resume"))
-    assert result["iter_num"] == 30
+    assert result["iters"] == 30
     expected = [(m["iter"], m["train_loss"], m["val_loss"]) for m in read_metrics(straight)]
     resumed = [(m["iter"], m["train_loss"], m["val_loss"]) for m in read_metrics(halves)]
     assert resumed == expected
@@ -98,15 +112,74 @@ def test_validation_loss_covers_the_whole_split_deterministically():
     data = torch.randint(7, (43,))
     got = train.evaluate_split(model, data, block_size=8, batch_size=2, autocast=torch.no_grad())
     # By hand: 42 targets, five full windows of 8 and one window of 2, every target counted once.
-    losses = []
+    losses, hits, top5 = [], 0, 0
     for start in range(0, 42, 8):
         x, y = data[start:min(start + 8, 42)], data[start + 1:min(start + 9, 43)]
         logits, _ = model(x[None])
         losses.append(F.cross_entropy(logits[0], y, reduction="none"))
+        hits += (logits[0].argmax(-1) == y).sum().item()
+        top5 += sum(y[i].item() in logits[0, i].topk(5).indices.tolist() for i in range(len(y)))
     expected = torch.cat(losses)
     assert len(expected) == 42
-    assert got == pytest.approx(expected.mean().item(), rel=1e-6)
-    assert got == train.evaluate_split(model, data, block_size=8, batch_size=4, autocast=torch.no_grad())
+    assert got["loss"] == pytest.approx(expected.mean().item(), rel=1e-6)
+    assert got["acc"] == pytest.approx(hits / 42) and got["top5"] == pytest.approx(top5 / 42)
+    assert got["confusion"].sum().item() == 42 and got["confusion"].diagonal().sum().item() == hits
+    again = train.evaluate_split(model, data, block_size=8, batch_size=4, autocast=torch.no_grad())
+    assert again["loss"] == got["loss"] and torch.equal(again["confusion"], got["confusion"])
+
+
+def test_macro_precision_recall_f1_by_hand():
+    # rows: target a, b, c; columns: predicted a, b, c
+    confusion = torch.tensor([[3, 1, 0],
+                              [2, 2, 0],
+                              [1, 0, 0]])
+    # precision: a 3/6, b 2/3, c never predicted -> 0; recall: a 3/4, b 2/4, c 0/1
+    precision = [3 / 6, 2 / 3, 0.0]
+    recall = [3 / 4, 2 / 4, 0.0]
+    f1 = [2 * p * r / (p + r) if p + r else 0.0 for p, r in zip(precision, recall)]
+    got = train.classification_metrics(confusion)
+    assert got["precision_macro"] == pytest.approx(sum(precision) / 3)
+    assert got["recall_macro"] == pytest.approx(sum(recall) / 3)
+    assert got["f1_macro"] == pytest.approx(sum(f1) / 3)
+    # A character of the vocabulary that never occurs as a target does not enter the average.
+    padded = torch.zeros(4, 4, dtype=torch.long)
+    padded[:3, :3] = confusion
+    assert train.classification_metrics(padded)["recall_macro"] == pytest.approx(sum(recall) / 3)
+
+
+def test_bits_per_character_and_perplexity_by_hand(tiny_run):
+    row = read_metrics(tiny_run)[-1]
+    assert row["val_bpc"] == pytest.approx(row["val_loss"] / 0.6931471805599453, rel=1e-5)
+    assert row["val_ppl"] == pytest.approx(2 ** row["val_bpc"], rel=1e-4)
+
+
+def test_early_stopping_stops_after_patience_evaluations(tiny_data, tmp_path):
+    out = tmp_path / "early"
+    # A learning rate this high makes the val loss stop improving after the first evaluations.
+    summary = train.main(tiny_train_args(tiny_data, out, max_iters=400, eval_interval=5, learning_rate=0.5,
+                                         min_lr=0.5, warmup_iters=0, early_stop_patience=2))
+    metrics = read_metrics(out)
+    assert summary["status"] == "early_stopped" and summary["iters"] < 400
+    best_index = [m["iter"] for m in metrics].index(summary["best_iter"])
+    assert len(metrics) == best_index + 1 + 2  # exactly `patience` evaluations after the best
+    assert all(m["val_loss"] >= summary["best_val_loss"] for m in metrics[best_index + 1:])
+    assert json.loads((out / "summary.json").read_text())["status"] == "early_stopped"
+
+
+def test_summary_flags_a_val_loss_that_rose_after_its_best():
+    rows = [{"iter": i, "train_loss": t, "val_loss": v, "val_ppl": math.exp(v), "val_bpc": v / math.log(2),
+             "val_acc": 0.5, "val_top5": 0.9, "tokens": i * 10}
+            for i, t, v in [(0, 4.0, 4.0), (10, 1.5, 1.60), (20, 1.2, 1.65)]]
+    summary = train.summarize_run(rows, {"precision_macro": 0.5, "recall_macro": 0.4, "f1_macro": 0.45}, run="r",
+                                  out_dir="out/r", status="finished", params=1, max_iters=20, wall_time_s=1.0,
+                                  tokens_per_s=10.0)
+    assert summary["overfit"] is True and summary["val_rise_after_best"] == pytest.approx(0.05)
+    assert summary["best_iter"] == 10 and summary["gap_at_best"] == pytest.approx(0.10)
+    assert summary["gap_at_end"] == pytest.approx(0.45)
+    rows[-1]["val_loss"] = 1.605  # within the margin: not flagged
+    assert train.summarize_run(rows, {"precision_macro": 0, "recall_macro": 0, "f1_macro": 0}, run="r",
+                               out_dir="out/r", status="finished", params=1, max_iters=20, wall_time_s=1.0,
+                               tokens_per_s=10.0)["overfit"] is False
 
 
 def test_learning_rate_schedule():
