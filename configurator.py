@@ -100,7 +100,7 @@ def convert(value: Any, tp, from_text: bool = True) -> Any:
     raise AssertionError(f"configurator cannot convert to field type {tp!r}")
 
 
-def _suggest(key: str, valid) -> str:
+def suggest(key: str, valid) -> str:
     close = difflib.get_close_matches(key, list(valid), n=1, cutoff=0.6)
     return f" (did you mean '{close[0]}'?)" if close else ""
 
@@ -161,7 +161,7 @@ def build_config(defaults_cls, config_path: str | None, overrides: dict):
     for settings, where, from_text in sources:
         for key, raw in settings.items():
             if key not in fields:
-                problems.append(f"unknown key '{key}' {where}{_suggest(key, fields)}")
+                problems.append(f"unknown key '{key}' {where}{suggest(key, fields)}")
                 continue
             try:
                 values[key] = convert(raw, hints[key], from_text)

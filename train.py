@@ -475,7 +475,10 @@ def train(argv=None) -> dict:
     (out_dir / "run.json").write_text(json.dumps(run_info, indent=1) + "\n")
     metrics_path = out_dir / "metrics.jsonl"
     if cfg.init_from == "scratch":
+        # A new run in an old run's folder: remove what the old run left, so nothing stale passes for this run's.
         metrics_path.write_text("")
+        for stale in ("summary.json", "best.pt", "ckpt.pt"):
+            (out_dir / stale).unlink(missing_ok=True)
     tokens_per_iter = cfg.batch_size * cfg.block_size * cfg.gradient_accumulation_steps
     print(f"{run_info['params'] / 1e6:.2f}M parameters | {device} ({run_info['device_name']}) | {dtype}"
           f"{' | compiled' if use_compile else ''} | {tokens_per_iter:,} tokens per iteration | out_dir {out_dir}")

@@ -1,0 +1,220 @@
+"""Compare training runs side by side: a markdown report with their settings, results, loss curves and samples.
+
+    python compare.py out/tune/nanogpt_cpu out/cpu                 # before and after tuning -> out/compare/
+    python compare.py out/a out/b out/c --output=out/abc --start="ROMEO:" --max_new_tokens=200
+
+Writes OUTPUT/report.md and OUTPUT/val_loss.png. The first run is the reference: each other run's row lists the
+settings in which it differs from it. Every run's sample comes from the same prompt and seed, so the text before
+and after a change can be read side by side.
+"""
+
+import json
+import math
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from configurator import UsageError, build_config, ensure_dir, exit_with, help_text, wants_help
+from plot import best_eval, plot_runs, read_metrics, run_names, split_arguments
+from sample import checkpoint_path, generate_texts, load_model, read_prompt
+from train import format_duration
+
+# config.json keys that say where or how a run was executed, not what was trained: a difference in them is noise.
+BOOKKEEPING_KEYS = {"out_dir", "init_from", "device", "dtype", "compile", "log_interval", "always_save_checkpoint"}
+TEMPERATURE = 0.8
+TOP_K = 200
+# Samples are drawn on the CPU: the same seed then gives the same text on every machine.
+SAMPLE_DEVICE = "cpu"
+
+
+@dataclass
+class CompareConfig:
+    output: str = "out/compare"  # the folder for report.md and val_loss.png; created if missing
+    start: str = "\n"  # the prompt every run's sample starts from, or FILE:path to read it from a file
+    seed: int = 1337  # the sampling seed, the same for every run
+    max_new_tokens: int = 300  # characters generated per sample
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Reading a run
+
+def read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UsageError(f"{path} not found: give the out_dir of a train.py run") from None
+    except json.JSONDecodeError as e:
+        raise UsageError(f"{path} is not valid JSON (line {e.lineno}: {e.msg}): fix it or re-run training") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"{path} is not a JSON object: fix it or re-run training")
+    return data
+
+
+def config_differences(config: dict, reference: dict) -> list[str]:
+    """'key=value' for each setting, bookkeeping aside, whose value differs from the reference run's."""
+    keys = [k for k in reference if k not in BOOKKEEPING_KEYS]
+    keys += [k for k in config if k not in reference and k not in BOOKKEEPING_KEYS]
+    missing = object()
+    return [f"{key}={format_setting(config.get(key, missing), missing)}"
+            for key in keys if config.get(key, missing) != reference.get(key, missing)]
+
+
+def format_setting(value, missing) -> str:
+    if value is missing:
+        return "(not set)"
+    if isinstance(value, bool):
+        return "true" if value else "false"  # as it is typed on the command line
+    return str(value)
+
+
+def run_results(run_dir: Path, metrics: list[dict]) -> dict:
+    """The numbers of the report's table for one run, from summary.json; a run without one (it was interrupted)
+    gets what metrics.jsonl and run.json hold, and None for the rest."""
+    best = best_eval(metrics)
+    summary_path = run_dir / "summary.json"
+    if summary_path.is_file():
+        summary = read_json(summary_path)
+        best_iter = summary.get("best_iter")
+        at_best = next((m for m in metrics if m["iter"] == best_iter), None)
+        return {
+            "status": summary.get("status", "finished"),
+            "params": summary.get("params"),
+            "best_val_loss": summary.get("best_val_loss"),
+            "best_iter": best_iter,
+            "best_val_ppl": summary.get("best_val_ppl"),
+            "val_acc": at_best.get("val_acc") if at_best else None,
+            "gap": summary.get("gap_at_best"),
+            "wall_time_s": summary.get("wall_time_s"),
+            "tokens_per_s": summary.get("tokens_per_s"),
+        }
+    run_info = read_json(run_dir / "run.json") if (run_dir / "run.json").is_file() else {}
+    return {
+        "status": "no summary.json (interrupted?)",
+        "params": run_info.get("params"),
+        "best_val_loss": best["val_loss"] if best else None,
+        "best_iter": best["iter"] if best else None,
+        "best_val_ppl": math.exp(best["val_loss"]) if best else None,
+        "val_acc": best.get("val_acc") if best else None,
+        "gap": best["val_loss"] - best["train_loss"] if best else None,
+        "wall_time_s": None,
+        "tokens_per_s": None,
+    }
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Writing the report
+
+def cell(value, fmt: str = "{}") -> str:
+    """A table cell: '-' for a missing number, and '|' escaped so text cannot split the row."""
+    return "-" if value is None else fmt.format(value).replace("|", "\\|")
+
+
+def results_table(names: list[str], differences: list[list[str]], results: list[dict]) -> str:
+    header = ["run", "differs from the first run", "params", "best val loss", "at iter", "val ppl", "top-1 acc",
+              "train/val gap", "wall time", "tokens/s", "status"]
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    for index, (name, changed, result) in enumerate(zip(names, differences, results)):
+        row = [
+            cell(name),
+            "(reference)" if index == 0 else cell(", ".join(changed) or "(same settings)"),
+            cell(result["params"], "{:,}"),
+            cell(result["best_val_loss"], "{:.4f}"),
+            cell(result["best_iter"]),
+            cell(result["best_val_ppl"], "{:.2f}"),
+            cell(result["val_acc"], "{:.1%}"),
+            cell(result["gap"], "{:+.4f}"),
+            cell(None if result["wall_time_s"] is None else format_duration(result["wall_time_s"])),
+            cell(result["tokens_per_s"], "{:,.0f}"),
+            cell(result["status"]),
+        ]
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def fenced(text: str) -> str:
+    """text in a code block whose fence is longer than any run of backticks inside it."""
+    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
+    fence = "`" * max(3, longest + 1)
+    return f"{fence}text\n{text}\n{fence}"
+
+
+def write_report(path: Path, names: list[str], differences: list[list[str]], results: list[dict],
+                 samples: list[tuple[str, str]], prompt: str, seed: int, max_new_tokens: int) -> None:
+    parts = [
+        "# Run comparison",
+        "",
+        "The first run is the reference; each other row lists the settings in which that run differs from it. "
+        "Best val loss, its iteration and perplexity; top-1 next-character accuracy and the train/val gap "
+        "(val minus train loss) at that iteration.",
+        "",
+        results_table(names, differences, results),
+        "",
+        "![loss curves: val solid, train dashed](val_loss.png)",
+        "",
+        "## Samples",
+        "",
+        f"Each run's sample starts from the prompt {prompt!r}, with seed {seed}, temperature {TEMPERATURE}, "
+        f"top_k {TOP_K} and {max_new_tokens} new characters.",
+    ]
+    for name, (checkpoint, text) in zip(names, samples):
+        parts += ["", f"### {name}", "", f"From `{checkpoint}`.", "", fenced(text)]
+    path.write_text("\n".join(parts) + "\n", encoding="utf-8")
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Command line
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if wants_help(argv):
+        print(__doc__ + "\nOptions (defaults shown):\n" + help_text(CompareConfig))
+        return None
+    try:
+        return compare(argv)
+    except UsageError as e:
+        exit_with(e)
+
+
+def compare(argv: list[str]) -> Path:
+    run_args, overrides = split_arguments(argv)
+    cfg = build_config(CompareConfig, None, overrides)
+    if len(run_args) < 2:
+        raise UsageError(f"compare needs at least two run folders, got {len(run_args)}: "
+                         "python compare.py out/RUN_A out/RUN_B")
+    if cfg.max_new_tokens <= 0:
+        raise UsageError(f"'max_new_tokens' must be a positive integer, got {cfg.max_new_tokens}")
+    prompt = read_prompt(cfg.start)
+    if not prompt:
+        raise UsageError("the prompt is empty: give at least one character, e.g. --start=\"\\n\"")
+    run_dirs = [Path(a) for a in run_args]
+    names = run_names(run_dirs)
+
+    # Check every run before the slow part, so a mistake in the last one does not cost the samples of the others.
+    all_metrics = [read_metrics(d) for d in run_dirs]
+    configs = [read_json(d / "config.json") for d in run_dirs]
+    for run_dir in run_dirs:
+        checkpoint_path(run_dir)
+    differences = [config_differences(config, configs[0]) for config in configs]
+    results = [run_results(d, metrics) for d, metrics in zip(run_dirs, all_metrics)]
+
+    samples = []
+    for name, run_dir in zip(names, run_dirs):
+        model, vocab, info = load_model(run_dir, SAMPLE_DEVICE)
+        try:
+            text, = generate_texts(model, vocab, prompt, 1, cfg.max_new_tokens, TEMPERATURE, TOP_K, cfg.seed,
+                                   SAMPLE_DEVICE)
+        except UsageError as e:
+            raise UsageError(f"run {name}: {e}") from None
+        samples.append((info["path"], text))
+
+    output = ensure_dir(cfg.output, key="output")
+    plot_runs(run_dirs, output / "val_loss.png")
+    report = output / "report.md"
+    write_report(report, names, differences, results, samples, prompt, cfg.seed, cfg.max_new_tokens)
+    print(f"wrote {report} and {output / 'val_loss.png'}")
+    return report
+
+
+if __name__ == "__main__":
+    main()

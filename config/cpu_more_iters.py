@@ -1,0 +1,6 @@
+# Experiment: train twice as long (about 4 minutes on 2 cores); the schedule stretches with max_iters.
+from config.cpu import *
+
+max_iters = 5400
+eval_interval = 1350
+out_dir = "out/cpu_more_iters"
