@@ -11,11 +11,10 @@ and after a change can be read side by side.
 import json
 import math
 import re
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from configurator import UsageError, build_config, ensure_dir, exit_with, help_text, wants_help
+from configurator import UsageError, build_config, ensure_dir, run_command
 from plot import best_eval, plot_runs, read_metrics, run_names, split_arguments
 from sample import checkpoint_path, generate_texts, load_model, read_prompt
 from train import format_duration
@@ -166,14 +165,7 @@ def write_report(path: Path, names: list[str], differences: list[list[str]], res
 # Command line
 
 def main(argv=None):
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if wants_help(argv):
-        print(__doc__ + "\nOptions (defaults shown):\n" + help_text(CompareConfig))
-        return None
-    try:
-        return compare(argv)
-    except UsageError as e:
-        exit_with(e)
+    return run_command(compare, argv, __doc__, CompareConfig)
 
 
 def compare(argv: list[str]) -> Path:

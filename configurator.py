@@ -173,7 +173,7 @@ def build_config(defaults_cls, config_path: str | None, overrides: dict):
 
 
 def split_argv(argv, allow_config_file: bool = True):
-    """Split argv into (config file or None, override args). The config file is the one argument not starting with --."""
+    """Split argv into (config file or None, override args): the config file is the argument without a leading --."""
     argv = list(sys.argv[1:] if argv is None else argv)
     positional = [a for a in argv if not a.startswith("--")]
     options = [a for a in argv if a.startswith("--")]
@@ -221,3 +221,16 @@ def help_text(defaults_cls) -> str:
 def wants_help(argv) -> bool:
     argv = sys.argv[1:] if argv is None else argv
     return any(a in ("-h", "--help") for a in argv)
+
+
+def run_command(work, argv, doc: str, options_cls, more_help: str = ""):
+    """A script's main(): --help prints doc and every option with its default; otherwise work(argv) runs, and a
+    UsageError ends it with one line per problem and exit status 2 instead of a traceback."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if wants_help(argv):
+        print(doc + "\nOptions (defaults shown):\n" + help_text(options_cls) + more_help)
+        return None
+    try:
+        return work(argv)
+    except UsageError as e:
+        exit_with(e)

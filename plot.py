@@ -12,12 +12,11 @@ compare.py and tune.py draw their plots with plot_runs(); read_metrics() reads o
 import json
 import math
 import re
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from configurator import UsageError, build_config, ensure_dir, exit_with, help_text, parse_overrides, wants_help
+from configurator import UsageError, build_config, ensure_dir, parse_overrides, run_command
 
 # --x choice -> (metrics.jsonl key, axis label)
 X_AXES = {
@@ -210,14 +209,7 @@ def split_arguments(argv) -> tuple[list[str], dict]:
 
 
 def main(argv=None):
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if wants_help(argv):
-        print(__doc__ + "\nOptions (defaults shown):\n" + help_text(PlotConfig))
-        return None
-    try:
-        return plot(argv)
-    except UsageError as e:
-        exit_with(e)
+    return run_command(plot, argv, __doc__, PlotConfig)
 
 
 def plot(argv: list[str]):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from configurator import UsageError, build_config, exit_with, help_text, parse_overrides, split_argv, wants_help
+from configurator import UsageError, build_config, parse_overrides, run_command, split_argv
 from model import GPT, GPTConfig
 from train import load_checkpoint, resolve_device
 
@@ -45,7 +45,8 @@ def validate(cfg: SampleConfig) -> None:
 
 def find_latest_run(root: Path = Path("out")) -> Path:
     """The run folder under root whose checkpoint was written most recently."""
-    checkpoints = [p for pattern in ("*/best.pt", "*/ckpt.pt", "*/*/best.pt", "*/*/ckpt.pt") for p in root.glob(pattern)]
+    patterns = ("*/best.pt", "*/ckpt.pt", "*/*/best.pt", "*/*/ckpt.pt")  # runs, and trials of a tune.py search
+    checkpoints = [p for pattern in patterns for p in root.glob(pattern)]
     if not checkpoints:
         raise UsageError(f"no run with a checkpoint under {root}/: train one first (python train.py config/cpu.py) "
                          "or pass --out_dir")
@@ -85,13 +86,7 @@ def encode_prompt(prompt: str, vocab: list[str]) -> list[int]:
 
 
 def main(argv=None):
-    if wants_help(argv):
-        print(__doc__ + "\nOptions (defaults shown):\n" + help_text(SampleConfig))
-        return None
-    try:
-        return sample(argv)
-    except UsageError as e:
-        exit_with(e)
+    return run_command(sample, argv, __doc__, SampleConfig)
 
 
 def load_model(out_dir: Path, device: str):

@@ -28,8 +28,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from configurator import (REPO_ROOT, UsageError, build_config, ensure_dir, exit_with, help_text, parse_overrides,
-                          split_argv, wants_help)
+from configurator import REPO_ROOT, UsageError, build_config, ensure_dir, parse_overrides, run_command, split_argv
 from model import GPT, GPTConfig
 
 CHECKPOINT_FORMAT_VERSION = 1
@@ -50,7 +49,7 @@ class TrainConfig:
     log_interval: int = 10  # optimizer steps between progress-bar updates (each reads the loss: a host sync)
     # system
     device: str = "auto"  # auto (cuda, else mps, else cpu), cpu, cuda, cuda:N or mps
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # float32, bfloat16 or float16; auto: bfloat16 (else float16) on CUDA, float32 elsewhere
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: bf16 (else fp16) on CUDA, else float32
     compile: bool | Literal["auto"] = "auto"  # torch.compile the model; auto: on for CUDA
     seed: int = 1337  # seeds weights, batches and dropout: the same seed gives the same run on CPU
     # data
@@ -383,13 +382,7 @@ def format_duration(seconds: float) -> str:
 # The run
 
 def main(argv=None):
-    if wants_help(argv):
-        print(__doc__ + "\nSettings (defaults shown):\n" + help_text(TrainConfig))
-        return None
-    try:
-        return train(argv)
-    except UsageError as e:
-        exit_with(e)
+    return run_command(train, argv, __doc__, TrainConfig)
 
 
 def train(argv=None) -> dict:

@@ -29,8 +29,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from configurator import (REPO_ROOT, UsageError, suggest, build_config, ensure_dir, exit_with, help_text,
-                          parse_overrides, wants_help)
+from configurator import REPO_ROOT, UsageError, build_config, ensure_dir, parse_overrides, run_command, suggest
 from plot import plot_runs
 from train import TrainConfig
 
@@ -403,16 +402,9 @@ def plot_finished(run_dirs: list[Path], output: Path, search_dir: Path) -> str |
 # The search
 
 def main(argv=None):
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if wants_help(argv):
-        print(__doc__ + "\nOptions of tune.py (defaults shown):\n" + help_text(TuneOptions) +
-              "\n  --grid key=v1,v2 [key=v1,v2 ...]  the settings to search (required)\n"
-              "\nEvery other --key=value is a train.py setting for every trial: python train.py --help lists them.")
-        return None
-    try:
-        return search(argv)
-    except UsageError as e:
-        exit_with(e)
+    more_help = ("\n  --grid key=v1,v2 [key=v1,v2 ...]  the settings to search (required)\n"
+                 "\nEvery other --key=value is a train.py setting for every trial: python train.py --help lists them.")
+    return run_command(search, argv, __doc__, TuneOptions, more_help)
 
 
 def search(argv: list[str]) -> list[dict]:

@@ -1,6 +1,7 @@
 # A recipe for a laptop or a 2-core machine: about 2 minutes of training.
 #   python train.py config/cpu.py
-# Chosen from 15 measured runs of different shapes and schedules at a fixed time budget on 2 CPU cores (the table is in README.md).
+# Chosen from 15 measured runs of different shapes and schedules at a fixed time budget on 2 CPU cores
+# (the table is in README.md).
 # With so little compute, the number of optimizer steps matters most: a shallow model at a high learning rate
 # takes more steps in two minutes and ends lower than nanoGPT's 4-layer CPU recipe.
 
