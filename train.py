@@ -12,6 +12,7 @@ Everything a run makes lands in out_dir: config.json, run.json, metrics.jsonl, c
 import json
 import math
 import os
+import pickle
 import platform
 import signal
 import subprocess
@@ -290,6 +291,11 @@ def load_checkpoint(path: Path, device: str = "cpu") -> dict:
         raise UsageError(f"checkpoint {path} not found")
     try:
         ckpt = torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError:
+        # weights_only refuses any object that is not a tensor or plain data before building it: such a file
+        # could run code when loaded, and a checkpoint of this harness never holds one.
+        raise UsageError(f"checkpoint {path} was refused: it holds Python objects other than tensors and plain data, "
+                         "which could run code when loaded. Only load checkpoints made by train.py") from None
     except Exception as e:  # a truncated or foreign file surfaces as many exception types; all mean "unreadable"
         raise UsageError(f"checkpoint {path} cannot be read ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
                          "it may be truncated or not a checkpoint") from None
@@ -299,6 +305,13 @@ def load_checkpoint(path: Path, device: str = "cpu") -> dict:
         raise UsageError(f"checkpoint {path} has format version {ckpt['format_version']}, this code reads version "
                          f"{CHECKPOINT_FORMAT_VERSION}")
     return ckpt
+
+
+def divergence_error(what: str, value: float, iter_num: int, lr: float, out_dir: Path, best_iter) -> UsageError:
+    """The one line for a NaN or inf loss: where it happened, the learning rate, and that no checkpoint was touched."""
+    kept = f"{out_dir / 'best.pt'} still holds iter {best_iter}'s weights" if best_iter else "no checkpoint was written"
+    return UsageError(f"the {what} became {value} at iter {iter_num} (learning rate {lr:.3g}): training diverged. "
+                      f"Lower learning_rate or raise warmup_iters; {kept}")
 
 
 def summarize_run(metrics: list[dict], classification: dict, *, run: str, out_dir: str, status: str, params: int,
@@ -508,8 +521,8 @@ def train(argv=None) -> dict:
     last_logged = (started, iter_num)
     stop_reason = None
     final_eval = None  # the last evaluation's full results, for summary.json
-    pbar = tqdm(total=cfg.max_iters, initial=iter_num, desc=out_dir.name, unit="it", dynamic_ncols=True)
-    with StopRequest() as stop:
+    with StopRequest() as stop, tqdm(total=cfg.max_iters, initial=iter_num, desc=out_dir.name, unit="it",
+                                      dynamic_ncols=True) as pbar:
         while True:
             last_step = iter_num >= cfg.max_iters
             elapsed = elapsed_before + time.perf_counter() - started
@@ -524,6 +537,9 @@ def train(argv=None) -> dict:
                 model.train()
                 val_loss = final_eval["loss"]
                 lr_now = get_lr(max(iter_num - 1, 0), cfg.learning_rate, cfg.min_lr, cfg.warmup_iters, lr_decay_iters)
+                for what, value in (("val loss", val_loss), ("train loss", train_loss)):
+                    if not math.isfinite(value):  # checked before any save: a diverged model never overwrites one
+                        raise divergence_error(what, value, iter_num, lr_now, out_dir, best_iter)
                 record = {"iter": iter_num, "train_loss": round(train_loss, 6), "val_loss": round(val_loss, 6),
                           "val_ppl": round(math.exp(val_loss), 4), "val_bpc": round(val_loss / math.log(2), 6),
                           "val_acc": round(final_eval["acc"], 6), "val_top5": round(final_eval["top5"], 6),
@@ -576,9 +592,11 @@ def train(argv=None) -> dict:
                 now = time.perf_counter()
                 rate = (iter_num - last_logged[1]) * tokens_per_iter / max(now - last_logged[0], 1e-9)
                 last_logged = (now, iter_num)
-                pbar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.2e}", tok_s=f"{rate:,.0f}", refresh=False)
+                loss_value = loss.item()  # the only host sync in the loop, once per log_interval
+                if not math.isfinite(loss_value):
+                    raise divergence_error("training loss", loss_value, iter_num, lr, out_dir, best_iter)
+                pbar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}", tok_s=f"{rate:,.0f}", refresh=False)
                 pbar.update(iter_num - pbar.n)
-    pbar.close()
 
     elapsed = elapsed_before + time.perf_counter() - started
     tokens_per_s = (tokens_seen - start_iter * tokens_per_iter) / max(time.perf_counter() - started, 1e-9)

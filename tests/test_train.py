@@ -220,3 +220,45 @@ def test_gpu_run_with_autocast_and_compile(tiny_data, tmp_path):
     assert metrics[-1]["val_loss"] < metrics[0]["val_loss"] - 0.5
     best = torch.load(out / "best.pt", weights_only=True, map_location="cpu")
     assert not any(k.startswith("_orig_mod.") for k in best["model"])  # saved from the uncompiled module
+
+
+def test_a_diverging_run_stops_with_one_line_and_writes_no_checkpoint(tiny_data, tmp_path, capsys):
+    out = tmp_path / "nan"
+    with pytest.raises(SystemExit) as exc:
+        train.main(tiny_train_args(tiny_data, out, learning_rate=1e9, min_lr=1e9, warmup_iters=0))
+    assert exc.value.code == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(err) == 1 and "became nan at iter 5 (learning rate 1e+09): training diverged" in err[0]
+    assert not (out / "best.pt").exists() and not (out / "ckpt.pt").exists()
+
+
+def test_divergence_never_overwrites_the_saved_checkpoints(tiny_data, tmp_path, capsys):
+    out = tmp_path / "run"
+    train.main(tiny_train_args(tiny_data, out, max_iters=20))
+    before = {name: (out / name).read_bytes() for name in ("best.pt", "ckpt.pt")}
+    with pytest.raises(SystemExit):
+        train.main(tiny_train_args(tiny_data, out, max_iters=40, init_from="resume", learning_rate=1e9,
+                                   min_lr=1e9, eval_interval=3, log_interval=100))
+    assert "still holds iter 20's weights" in capsys.readouterr().err  # caught at the evaluation at iter 21
+    assert {name: (out / name).read_bytes() for name in before} == before
+
+
+class _RunsCodeWhenUnpickled:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))  # creates the marker file if anything ever unpickles it
+
+
+def test_a_checkpoint_crafted_to_run_code_is_refused_without_running_it(tmp_path, capsys):
+    import sample
+    marker = tmp_path / "code_ran"
+    run = tmp_path / "evil_run"
+    run.mkdir()
+    torch.save({"format_version": 1, "model": _RunsCodeWhenUnpickled(marker)}, run / "best.pt")
+    with pytest.raises(SystemExit) as exc:
+        sample.main([f"--out_dir={run}"])
+    assert exc.value.code == 2
+    assert "was refused: it holds Python objects other than tensors" in capsys.readouterr().err
+    assert not marker.exists()
