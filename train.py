@@ -299,12 +299,60 @@ def load_checkpoint(path: Path, device: str = "cpu") -> dict:
     except Exception as e:  # a truncated or foreign file surfaces as many exception types; all mean "unreadable"
         raise UsageError(f"checkpoint {path} cannot be read ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
                          "it may be truncated or not a checkpoint") from None
+    if isinstance(ckpt, dict) and "model_args" in ckpt and "format_version" not in ckpt:
+        return from_nanogpt(ckpt, path)
     if not isinstance(ckpt, dict) or "format_version" not in ckpt:
         raise UsageError(f"checkpoint {path} is not a checkpoint of this harness (no format_version)")
     if ckpt["format_version"] != CHECKPOINT_FORMAT_VERSION:
         raise UsageError(f"checkpoint {path} has format version {ckpt['format_version']}, this code reads version "
                          f"{CHECKPOINT_FORMAT_VERSION}")
     return ckpt
+
+
+class _PlainDataUnpickler(pickle.Unpickler):
+    """Unpickles dicts, lists, strings and numbers only: any other object (which could run code) is refused."""
+
+    def find_class(self, module, name):
+        raise pickle.UnpicklingError(f"{module}.{name} is not plain data")
+
+
+def read_nanogpt_meta(path: Path) -> list[str]:
+    """The vocabulary (id -> character) from nanoGPT's meta.pkl, read without running any code in it."""
+    try:
+        with open(path, "rb") as f:
+            meta = _PlainDataUnpickler(f).load()
+        itos = meta["itos"]
+        return [itos[i] for i in range(meta["vocab_size"])]
+    except (OSError, pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError) as e:
+        raise UsageError(f"{path} is not a readable nanoGPT meta.pkl ({type(e).__name__}: {e})") from None
+
+
+def from_nanogpt(ckpt: dict, path: Path) -> dict:
+    """A nanoGPT ckpt.pt in this harness's layout. The module names are the same (both follow GPT-2), so only
+    torch.compile's '_orig_mod.' prefix goes; the vocabulary comes from nanoGPT's meta.pkl, looked for beside the
+    checkpoint and then in nanoGPT's data/<dataset>/ folder."""
+    dataset = (ckpt.get("config") or {}).get("dataset", "")
+    candidates = [path.parent / "meta.pkl"] + ([Path("data") / dataset / "meta.pkl"] if dataset else [])
+    meta_path = next((p for p in candidates if p.exists()), None)
+    if meta_path is None:
+        raise UsageError(f"{path} is a nanoGPT checkpoint, and its vocabulary is in nanoGPT's meta.pkl: copy "
+                         f"data/{dataset or '<dataset>'}/meta.pkl from nanoGPT next to {path.name}")
+    args = ckpt["model_args"]
+    model_config = {k: args[k] for k in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd", "dropout", "bias")}
+    vocab = read_nanogpt_meta(meta_path)
+    if len(vocab) != model_config["vocab_size"]:
+        raise UsageError(f"{meta_path} has {len(vocab)} characters but {path} was trained with "
+                         f"vocab_size {model_config['vocab_size']}: use the meta.pkl of the data it was trained on")
+    return {
+        "format_version": CHECKPOINT_FORMAT_VERSION,
+        "source": "nanoGPT",
+        # nanoGPT without flash attention also saved its causal mask, as the buffer 'attn.bias': not a weight.
+        "model": {k.removeprefix("_orig_mod."): v for k, v in ckpt["model"].items() if not k.endswith(".attn.bias")},
+        "model_config": model_config,
+        "vocab": vocab,
+        "iter_num": ckpt.get("iter_num", 0),
+        "best_val_loss": float(ckpt.get("best_val_loss", float("nan"))),
+    }
 
 
 def divergence_error(what: str, value: float, iter_num: int, lr: float, out_dir: Path, best_iter) -> UsageError:
@@ -419,6 +467,9 @@ def train(argv=None) -> dict:
     ckpt = None
     if cfg.init_from == "resume":
         ckpt = load_checkpoint(out_dir / "ckpt.pt", device)
+        if ckpt.get("source") == "nanoGPT":
+            raise UsageError(f"{out_dir / 'ckpt.pt'} is a nanoGPT checkpoint: sample.py reads it, but resuming its "
+                             "training here is not supported yet")
         if ckpt.get("optimizer") is None:
             raise UsageError(f"{out_dir / 'ckpt.pt'} holds no optimizer state, so it cannot be resumed")
         saved = ckpt["train_config"]

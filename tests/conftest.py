@@ -23,6 +23,16 @@ def tiny_train_args(data_dir, out_dir, **overrides):
     return [f"--{k}={v}" for k, v in settings.items()]
 
 
+class RunsCodeWhenUnpickled:
+    """Pickled inside a file, it creates `marker` if anything ever unpickles it: proof that code ran on load."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory) -> Path:
     """The first 20,000 characters of Tiny Shakespeare, prepared like the real thing."""

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 import train
-from conftest import tiny_train_args
+from conftest import RunsCodeWhenUnpickled, tiny_train_args
 from model import GPT, GPTConfig
 
 
@@ -243,20 +243,12 @@ def test_divergence_never_overwrites_the_saved_checkpoints(tiny_data, tmp_path, 
     assert {name: (out / name).read_bytes() for name in before} == before
 
 
-class _RunsCodeWhenUnpickled:
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (open, (str(self.marker), "w"))  # creates the marker file if anything ever unpickles it
-
-
 def test_a_checkpoint_crafted_to_run_code_is_refused_without_running_it(tmp_path, capsys):
     import sample
     marker = tmp_path / "code_ran"
     run = tmp_path / "evil_run"
     run.mkdir()
-    torch.save({"format_version": 1, "model": _RunsCodeWhenUnpickled(marker)}, run / "best.pt")
+    torch.save({"format_version": 1, "model": RunsCodeWhenUnpickled(marker)}, run / "best.pt")
     with pytest.raises(SystemExit) as exc:
         sample.main([f"--out_dir={run}"])
     assert exc.value.code == 2
