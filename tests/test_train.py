@@ -254,3 +254,27 @@ def test_a_checkpoint_crafted_to_run_code_is_refused_without_running_it(tmp_path
     assert exc.value.code == 2
     assert "was refused: it holds Python objects other than tensors" in capsys.readouterr().err
     assert not marker.exists()
+
+
+def test_ctrl_c_saves_a_checkpoint_and_says_how_to_resume(tiny_data, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import REPO
+    out = tmp_path / "interrupted"
+    args = tiny_train_args(tiny_data, out, max_iters=100000, eval_interval=50)
+    proc = subprocess.Popen([sys.executable, "train.py", *args], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while not (out / "metrics.jsonl").exists() or not (out / "metrics.jsonl").read_text():  # training has begun
+        assert time.time() < deadline and proc.poll() is None, "train.py did not start training"
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    assert "Resume with: python train.py" in stdout and "--init_from=resume" in stdout
+    ckpt = torch.load(out / "ckpt.pt", weights_only=True)
+    assert 0 <= ckpt["iter_num"] < 100000 and "optimizer" in ckpt  # the signal may land before the first step
