@@ -355,9 +355,16 @@ def from_nanogpt(ckpt: dict, path: Path) -> dict:
     }
 
 
+def perplexity(loss: float) -> float:
+    """exp(loss), rounded; infinite where exp overflows (a loss above ~709 nats: a model far from trained)."""
+    return round(math.exp(loss), 4) if loss < 700 else float("inf")
+
+
 def divergence_error(what: str, value: float, iter_num: int, lr: float, out_dir: Path, best_iter) -> UsageError:
     """The one line for a NaN or inf loss: where it happened, the learning rate, and that no checkpoint was touched."""
-    kept = f"{out_dir / 'best.pt'} still holds iter {best_iter}'s weights" if best_iter else "no checkpoint was written"
+    saved_best = best_iter is not None and best_iter > 0  # best.pt is first written after iter 0
+    kept = (f"{out_dir / 'best.pt'} still holds iter {best_iter}'s weights" if saved_best
+            else "no checkpoint was written")
     return UsageError(f"the {what} became {value} at iter {iter_num} (learning rate {lr:.3g}): training diverged. "
                       f"Lower learning_rate or raise warmup_iters; {kept}")
 
@@ -592,7 +599,7 @@ def train(argv=None) -> dict:
                     if not math.isfinite(value):  # checked before any save: a diverged model never overwrites one
                         raise divergence_error(what, value, iter_num, lr_now, out_dir, best_iter)
                 record = {"iter": iter_num, "train_loss": round(train_loss, 6), "val_loss": round(val_loss, 6),
-                          "val_ppl": round(math.exp(val_loss), 4), "val_bpc": round(val_loss / math.log(2), 6),
+                          "val_ppl": perplexity(val_loss), "val_bpc": round(val_loss / math.log(2), 6),
                           "val_acc": round(final_eval["acc"], 6), "val_top5": round(final_eval["top5"], 6),
                           "lr": lr_now, "elapsed_s": round(elapsed, 3), "tokens": tokens_seen}
                 with open(metrics_path, "a") as f:

@@ -278,3 +278,8 @@ def test_ctrl_c_saves_a_checkpoint_and_says_how_to_resume(tiny_data, tmp_path):
     assert "Resume with: python train.py" in stdout and "--init_from=resume" in stdout
     ckpt = torch.load(out / "ckpt.pt", weights_only=True)
     assert 0 <= ckpt["iter_num"] < 100000 and "optimizer" in ckpt  # the signal may land before the first step
+
+
+def test_perplexity_of_a_far_from_trained_model_is_infinite_not_an_error():
+    assert train.perplexity(math.log(5.0)) == pytest.approx(5.0)
+    assert train.perplexity(1e4) == float("inf")  # math.exp would overflow here
