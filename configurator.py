@@ -10,6 +10,7 @@ never evaluated; they are converted by the field's declared type.
 
 import dataclasses
 import difflib
+import errno
 import inspect
 import os
 import re
@@ -225,7 +226,8 @@ def wants_help(argv) -> bool:
 
 def run_command(work, argv, doc: str, options_cls, more_help: str = ""):
     """A script's main(): --help prints doc and every option with its default; otherwise work(argv) runs, and a
-    UsageError ends it with one line per problem and exit status 2 instead of a traceback."""
+    UsageError (or a full disk) ends it with one line per problem and exit status 2 instead of a traceback, and
+    Ctrl-C with exit status 130."""
     argv = sys.argv[1:] if argv is None else list(argv)
     if wants_help(argv):
         print(doc + "\nOptions (defaults shown):\n" + help_text(options_cls) + more_help)
@@ -234,3 +236,11 @@ def run_command(work, argv, doc: str, options_cls, more_help: str = ""):
         return work(argv)
     except UsageError as e:
         exit_with(e)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        exit_with(UsageError(f"could not write {e.filename or 'a file'}: {e.strerror}; free some disk space and run "
+                             "again"))

@@ -5,7 +5,7 @@
 
 Writes to out_dir:
     train.bin, val.bin  raw uint16 token ids (first 90% / last 10% of the text), readable with np.memmap
-    meta.json           the vocabulary (id -> character) and the counts
+    meta.json           the vocabulary (id -> character), and each split's token count and sha256
 
 If the Shakespeare text is missing it is downloaded from the char-rnn repository and its sha256 checked.
 """
@@ -123,8 +123,8 @@ def prepare(text: str, out_dir: Path, val_fraction: float = 0.1, source: str = "
         raise UsageError(f"the text ({len(ids)} characters) is too short to split with val_fraction "
                          f"{val_fraction}: each split needs at least 2 characters")
     out_dir = Path(out_dir)
-    train_ids.tofile(out_dir / "train.bin")
-    val_ids.tofile(out_dir / "val.bin")
+    for name, split_ids in (("train.bin", train_ids), ("val.bin", val_ids)):
+        write_atomic(out_dir / name, split_ids.tobytes())
     meta = {
         "format_version": META_FORMAT_VERSION,
         "vocab_size": len(vocab),
@@ -132,10 +132,24 @@ def prepare(text: str, out_dir: Path, val_fraction: float = 0.1, source: str = "
         "dtype": "uint16",
         "train_tokens": int(len(train_ids)),
         "val_tokens": int(len(val_ids)),
+        # train.py checks the .bin files against these, so a truncated or damaged file is caught before training
+        "train_sha256": hashlib.sha256(train_ids.tobytes()).hexdigest(),
+        "val_sha256": hashlib.sha256(val_ids.tobytes()).hexdigest(),
         "source": source,
     }
-    (out_dir / "meta.json").write_text(json.dumps(meta, ensure_ascii=False, indent=1), encoding="utf-8")
+    write_atomic(out_dir / "meta.json", json.dumps(meta, ensure_ascii=False, indent=1).encode("utf-8"))
     return meta
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write to a temp file, then rename: an interrupted run leaves the old file or the new one, never half of one."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def main(argv=None):

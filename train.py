@@ -9,11 +9,14 @@ Settings: the TrainConfig defaults below, then the config file's assignments, th
 Everything a run makes lands in out_dir: config.json, run.json, metrics.jsonl, ckpt.pt and best.pt.
 """
 
+import errno
+import hashlib
 import json
 import math
 import os
 import pickle
 import platform
+import random
 import signal
 import subprocess
 import sys
@@ -162,17 +165,31 @@ def load_meta(data_dir: str) -> dict:
     return meta
 
 
-def load_tokens(path: Path, vocab_size: int, device: str) -> torch.Tensor:
-    """Read a whole .bin split into memory (on the training device) as int64 token ids."""
+def load_split(data_dir: str, split: str, meta: dict, device: str) -> tuple[torch.Tensor, str]:
+    """Read data_dir/<split>.bin into memory (on the training device) as int64 token ids, with its sha256.
+
+    The file is checked against meta.json: its token count and sha256 (written by prepare_shakespeare.py) catch a
+    truncated or damaged file, and every id must be inside the vocabulary."""
+    path = Path(data_dir) / f"{split}.bin"
     if not path.exists():
         raise UsageError(f"{path} not found: run prepare_shakespeare.py first (or point --data_dir at prepared data)")
-    if path.stat().st_size % 2:
-        raise UsageError(f"{path} is truncated (odd byte count for uint16 ids): run prepare_shakespeare.py again")
-    ids = np.fromfile(path, dtype=np.uint16)
+    raw = path.read_bytes()
+    sha256 = hashlib.sha256(raw).hexdigest()
+    expected_tokens = meta.get(f"{split}_tokens")
+    if len(raw) % 2 or (expected_tokens is not None and len(raw) // 2 != expected_tokens):
+        raise UsageError(f"{path} is truncated: it has {len(raw):,} bytes, meta.json expects "
+                         f"{expected_tokens * 2 if expected_tokens is not None else 'an even number of'}; "
+                         "run prepare_shakespeare.py again")
+    expected_sha256 = meta.get(f"{split}_sha256")
+    if expected_sha256 is not None and sha256 != expected_sha256:
+        raise UsageError(f"{path} is corrupt: its sha256 differs from the one in meta.json; "
+                         "run prepare_shakespeare.py again")
+    ids = np.frombuffer(raw, dtype=np.uint16)
+    vocab_size = len(meta["vocab"])
     if ids.size and int(ids.max()) >= vocab_size:
         raise UsageError(f"{path} holds token id {int(ids.max())} but meta.json's vocabulary has {vocab_size}: "
                          "the data and its meta.json do not match; run prepare_shakespeare.py again")
-    return torch.from_numpy(ids.astype(np.int64)).to(device)
+    return torch.from_numpy(ids.astype(np.int64)).to(device), sha256
 
 
 def get_batch(data: torch.Tensor, block_size: int, batch_size: int, generator: torch.Generator):
@@ -270,13 +287,28 @@ def make_optimizer(model, learning_rate, weight_decay, betas, fused: bool) -> to
 # Checkpoints and run records
 
 def save_atomic(obj, path: Path) -> None:
-    """torch.save to a temp file, fsync, then rename: a crash leaves the old file or the new one, never half of one."""
+    """torch.save to a temp file, fsync, then rename: a crash leaves the old file or the new one, never half of one.
+
+    A full disk (or any other write error) removes the temp file and ends the run with a message; the previous
+    checkpoint is untouched."""
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
+        tmp.unlink(missing_ok=True)
+        # torch's zip writer reports a failed write of a large record as a RuntimeError
+        if isinstance(e, OSError) or (isinstance(e, RuntimeError) and "failed writing" in str(e)):
+            reason = getattr(e, "strerror", None) or str(e).splitlines()[0]
+            kept = f"the previous {path.name} is untouched" if path.exists() else f"no {path.name} was written"
+            fix = ("free some disk space" if getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT)
+                   else "check that out_dir is writable")
+            raise UsageError(f"could not write {path}: {reason}; {kept}. To go on, {fix} and run the same command "
+                             "with --init_from=resume (or from scratch if out_dir has no ckpt.pt)") from None
+        raise
     if hasattr(os, "O_DIRECTORY"):  # make the rename itself durable
         dir_fd = os.open(path.parent, os.O_DIRECTORY)
         try:
@@ -338,6 +370,10 @@ def from_nanogpt(ckpt: dict, path: Path) -> dict:
         raise UsageError(f"{path} is a nanoGPT checkpoint, and its vocabulary is in nanoGPT's meta.pkl: copy "
                          f"data/{dataset or '<dataset>'}/meta.pkl from nanoGPT next to {path.name}")
     args = ckpt["model_args"]
+    config = ckpt.get("config") or {}
+    iter_num = int(ckpt.get("iter_num", 0))
+    tokens_per_iter = (config.get("batch_size", 0) * config.get("block_size", 0)
+                       * config.get("gradient_accumulation_steps", 0))
     model_config = {k: args[k] for k in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd", "dropout", "bias")}
     vocab = read_nanogpt_meta(meta_path)
     if len(vocab) != model_config["vocab_size"]:
@@ -350,9 +386,110 @@ def from_nanogpt(ckpt: dict, path: Path) -> dict:
         "model": {k.removeprefix("_orig_mod."): v for k, v in ckpt["model"].items() if not k.endswith(".attn.bias")},
         "model_config": model_config,
         "vocab": vocab,
-        "iter_num": ckpt.get("iter_num", 0),
+        "iter_num": iter_num,
         "best_val_loss": float(ckpt.get("best_val_loss", float("nan"))),
+        # What init_from=resume needs. nanoGPT keeps no RNG states, best iteration or elapsed time.
+        "optimizer": ckpt.get("optimizer") or None,
+        "best_iter": None,
+        "tokens_seen": iter_num * tokens_per_iter,
+        "elapsed_s": 0.0,
+        "evals_since_best": 0,
+        "rng": None,
     }
+
+
+def check_resumable(ckpt: dict, path: Path, cfg: TrainConfig, vocab: list[str], data_info: dict) -> None:
+    """Refuse to resume from a checkpoint whose model shape, vocabulary or data differ from this run's."""
+    if ckpt.get("optimizer") is None:
+        raise UsageError(f"{path} holds no optimizer state, so it cannot be resumed: start a new run with "
+                         "--init_from=scratch")
+    saved = ckpt["model_config"]
+    problems = [f"cannot resume from {path}: its model has {key} {saved[key]}, this run asks for "
+                f"{getattr(cfg, key)} (set --{key}={saved[key]} or start a new run)"
+                for key in ("n_layer", "n_head", "n_embd", "block_size", "bias") if saved[key] != getattr(cfg, key)]
+    if ckpt["vocab"] != vocab:
+        problems.append(f"cannot resume from {path}: the vocabulary in {cfg.data_dir}/meta.json "
+                        f"({len(vocab)} characters) differs from the checkpoint's ({len(ckpt['vocab'])}); "
+                        "point --data_dir at the data it was trained on")
+    saved_data = ckpt.get("data")  # absent in checkpoints from nanoGPT
+    if saved_data is not None:
+        for split in ("train", "val"):
+            if saved_data[f"{split}_sha256"] != data_info[f"{split}_sha256"]:
+                problems.append(
+                    f"cannot resume from {path}: {cfg.data_dir}/{split}.bin ({data_info[f'{split}_tokens']:,} "
+                    f"tokens, sha256 {data_info[f'{split}_sha256'][:12]}) is not the data it was trained on "
+                    f"({saved_data[f'{split}_tokens']:,} tokens, sha256 {saved_data[f'{split}_sha256'][:12]}); "
+                    "point --data_dir at that data or start a new run")
+    if problems:
+        raise UsageError(problems)
+
+
+def load_optimizer_state(optimizer: torch.optim.AdamW, state: dict, weight_decay: float, betas) -> None:
+    """Load a saved AdamW state, refusing one whose moment shapes do not fit the model.
+
+    The hyperparameters stay this run's (a saved state would bring its own), and decoupled weight decay is set
+    explicitly: optimizer states saved by older PyTorch versions lack that flag and would load as Adam with L2."""
+    optimizer.load_state_dict(state)
+    for group, decay in zip(optimizer.param_groups, (weight_decay, 0.0)):
+        group.update(betas=betas, weight_decay=decay, decoupled_weight_decay=True)
+        for p in group["params"]:
+            moments = optimizer.state.get(p, {})
+            for name in ("exp_avg", "exp_avg_sq"):
+                if name in moments and moments[name].shape != p.shape:
+                    raise UsageError(f"the checkpoint's optimizer state does not fit the model ({name} of shape "
+                                     f"{tuple(moments[name].shape)} for a parameter of shape {tuple(p.shape)}): "
+                                     "it was saved with another parameter order; start a new run")
+            if "step" in moments and (group["fused"] or group["capturable"]):
+                moments["step"] = moments["step"].to(device=p.device, dtype=torch.float32)
+            elif "step" in moments:
+                moments["step"] = moments["step"].to(device="cpu", dtype=torch.float32)
+
+
+def rng_state(batch_gen: torch.Generator, device: str) -> dict:
+    """Every random-number generator's state, as tensors and plain data (loadable with weights_only)."""
+    np_state = np.random.get_state(legacy=False)  # {'bit_generator', 'state': {'key', 'pos'}, 'has_gauss', 'gauss'}
+    return {
+        "python": random.getstate(),
+        "numpy": {"bit_generator": np_state["bit_generator"], "key": np_state["state"]["key"].tolist(),
+                  "pos": int(np_state["state"]["pos"]), "has_gauss": int(np_state["has_gauss"]),
+                  "gauss": float(np_state["gauss"])},
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state(torch.device(device)) if device.startswith("cuda") else None,
+        "batch": batch_gen.get_state(),
+    }
+
+
+def restore_rng(state: dict, batch_gen: torch.Generator, device: str) -> None:
+    if "python" in state:
+        version, internal, gauss_next = state["python"]
+        random.setstate((version, tuple(internal), gauss_next))
+    if "numpy" in state:
+        s = state["numpy"]
+        np.random.set_state({"bit_generator": s["bit_generator"], "has_gauss": s["has_gauss"], "gauss": s["gauss"],
+                             "state": {"key": np.array(s["key"], dtype=np.uint32), "pos": s["pos"]}})
+    torch.set_rng_state(state["torch"].cpu())
+    batch_gen.set_state(state["batch"].cpu())
+    if device.startswith("cuda") and state.get("cuda") is not None:
+        torch.cuda.set_rng_state(state["cuda"].cpu(), torch.device(device))
+
+
+def trim_metrics(path: Path, iter_num: int) -> None:
+    """Keep the metrics of evaluations up to iter_num, the checkpoint's: a run killed after logging an evaluation
+    but before saving it logs that evaluation again when resumed. A line cut short by the kill goes too."""
+    if not path.exists():
+        path.write_text("")
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and record.get("iter", iter_num + 1) <= iter_num:
+            kept.append(line)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(line + "\n" for line in kept))
+    os.replace(tmp, path)
 
 
 def perplexity(loss: float) -> float:
@@ -426,6 +563,7 @@ class StopRequest:
 
     def _handle(self, signum, frame):
         if self.requested:
+            tqdm.write("second stop request: quitting at once. Checkpoints already written stay as they were")
             raise KeyboardInterrupt
         self.requested = True
         tqdm.write("stop requested: finishing this step and saving ckpt.pt (press Ctrl-C again to quit at once)")
@@ -464,8 +602,11 @@ def train(argv=None) -> dict:
 
     meta = load_meta(cfg.data_dir)
     vocab = meta["vocab"]
-    train_data = load_tokens(Path(cfg.data_dir) / "train.bin", len(vocab), device)
-    val_data = load_tokens(Path(cfg.data_dir) / "val.bin", len(vocab), device)
+    train_data, train_sha256 = load_split(cfg.data_dir, "train", meta, device)
+    val_data, val_sha256 = load_split(cfg.data_dir, "val", meta, device)
+    # What the checkpoint remembers of the data, so a resume on other data is refused.
+    data_info = {"train_tokens": len(train_data), "train_sha256": train_sha256,
+                 "val_tokens": len(val_data), "val_sha256": val_sha256}
     for name, split in (("train", train_data), ("val", val_data)):
         if len(split) <= cfg.block_size:
             raise UsageError(f"block_size {cfg.block_size} needs more than {cfg.block_size} tokens in the {name} "
@@ -474,21 +615,12 @@ def train(argv=None) -> dict:
     ckpt = None
     if cfg.init_from == "resume":
         ckpt = load_checkpoint(out_dir / "ckpt.pt", device)
-        if ckpt.get("source") == "nanoGPT":
-            raise UsageError(f"{out_dir / 'ckpt.pt'} is a nanoGPT checkpoint: sample.py reads it, but resuming its "
-                             "training here is not supported yet")
-        if ckpt.get("optimizer") is None:
-            raise UsageError(f"{out_dir / 'ckpt.pt'} holds no optimizer state, so it cannot be resumed")
-        saved = ckpt["train_config"]
-        differ = [k for k in ("n_layer", "n_head", "n_embd", "block_size", "bias")
-                  if saved[k] != getattr(cfg, k)]
-        if differ:
-            raise UsageError("cannot resume: the checkpoint's model differs in " + ", ".join(
-                f"{k} (checkpoint {saved[k]}, now {getattr(cfg, k)})" for k in differ))
-        if ckpt["vocab"] != vocab:
-            raise UsageError(f"cannot resume: {cfg.data_dir}/meta.json's vocabulary differs from the checkpoint's")
+        check_resumable(ckpt, out_dir / "ckpt.pt", cfg, vocab, data_info)
 
     # Seeds and the batch sampler's own generator: on CPU, the same seed gives the same run, and resume continues it.
+    # Python's and NumPy's generators are unused by this loop, but seeded and saved for code added to it.
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     batch_gen = torch.Generator(device=device).manual_seed(cfg.seed)
     if device_type == "cuda":
@@ -508,17 +640,25 @@ def train(argv=None) -> dict:
     evals_since_best = 0  # for early stopping
     if ckpt is not None:
         raw_model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
+        load_optimizer_state(optimizer, ckpt["optimizer"], cfg.weight_decay, (cfg.beta1, cfg.beta2))
         if ckpt.get("scaler"):
             scaler.load_state_dict(ckpt["scaler"])
         iter_num, best_val_loss, best_iter = ckpt["iter_num"], ckpt["best_val_loss"], ckpt["best_iter"]
         tokens_seen, elapsed_before = ckpt["tokens_seen"], ckpt["elapsed_s"]
         evals_since_best = ckpt["evals_since_best"]
-        rng = ckpt["rng"]
-        torch.set_rng_state(rng["torch"].cpu())
-        batch_gen.set_state(rng["batch"].cpu())
-        if device_type == "cuda" and rng.get("cuda") is not None:
-            torch.cuda.set_rng_state(rng["cuda"].cpu(), torch.device(device))
+        if ckpt.get("rng") is not None:
+            restore_rng(ckpt["rng"], batch_gen, device)
+        else:
+            print(f"{out_dir / 'ckpt.pt'} holds no random-number states (nanoGPT saves none): batches and dropout "
+                  f"continue from seed {cfg.seed}, so this is not the exact run nanoGPT would have continued")
+        # best.pt is written before ckpt.pt: if a crash came between the two, best.pt holds a better model than
+        # ckpt.pt knows of, and it must not be overwritten by a worse one.
+        if (out_dir / "best.pt").exists():
+            best = load_checkpoint(out_dir / "best.pt", device)
+            if best["best_val_loss"] < best_val_loss:
+                best_val_loss, best_iter = best["best_val_loss"], best["iter_num"]
+            best = None
+        trim_metrics(out_dir / "metrics.jsonl", iter_num)
         ckpt = None  # free the loaded tensors before training
     model = torch.compile(raw_model) if use_compile else raw_model
 
@@ -560,15 +700,12 @@ def train(argv=None) -> dict:
             "tokens_seen": tokens_seen,
             "elapsed_s": elapsed,
             "evals_since_best": evals_since_best,
+            "data": data_info,
         }
         if with_optimizer:
             state["optimizer"] = optimizer.state_dict()
             state["scaler"] = scaler.state_dict() if scaler.is_enabled() else None
-            state["rng"] = {
-                "torch": torch.get_rng_state(),
-                "batch": batch_gen.get_state(),
-                "cuda": torch.cuda.get_rng_state(torch.device(device)) if device_type == "cuda" else None,
-            }
+            state["rng"] = rng_state(batch_gen, device)
         return state
 
     # ------------------------------------------------------------------------------------------------------------------

@@ -7,19 +7,21 @@ import torch
 
 import sample
 import train
-from conftest import RunsCodeWhenUnpickled
+from conftest import RunsCodeWhenUnpickled, tiny_train_args
 from model import GPT, GPTConfig
 
 VOCAB = sorted(set("First Citizen:\nROMEO: hello, world!"))
 
 
-def write_nanogpt_run(run, model, args, meta):
+def write_nanogpt_run(run, model, args, meta, optimizer=None):
     """A run folder as nanoGPT leaves it: ckpt.pt of a torch.compile'd model, and its meta.pkl beside it."""
     run.mkdir()
     state = {f"_orig_mod.{k}": v for k, v in model.state_dict().items()}
     state["_orig_mod.transformer.h.0.attn.bias"] = torch.tril(torch.ones(16, 16)).view(1, 1, 16, 16)  # its mask
-    torch.save({"model": state, "model_args": args, "optimizer": {}, "iter_num": 250,
-                "best_val_loss": torch.tensor(1.4697), "config": {"dataset": "shakespeare_char"}}, run / "ckpt.pt")
+    torch.save({"model": state, "model_args": args, "optimizer": optimizer or {}, "iter_num": 250,
+                "best_val_loss": torch.tensor(1.4697),
+                "config": {"dataset": "shakespeare_char", "batch_size": 8, "block_size": 16,
+                           "gradient_accumulation_steps": 1}}, run / "ckpt.pt")
     with open(run / "meta.pkl", "wb") as f:
         pickle.dump(meta, f)
 
@@ -51,12 +53,66 @@ def test_sample_py_samples_from_a_nanogpt_checkpoint(nanogpt_run, capsys):
     assert set(texts[0]) <= set(VOCAB)
 
 
-def test_resuming_a_nanogpt_checkpoint_is_refused_with_a_message(nanogpt_run, tiny_data, capsys):
-    from conftest import tiny_train_args
+def nanogpt_optimizer_state(model, step: int, reverse_decay_params: bool = False) -> dict:
+    """An AdamW state in nanoGPT's layout: parameters grouped by name into matrices (decayed) and the rest, after a
+    step, with the step count set to `step`, saved by a PyTorch without the decoupled_weight_decay flag."""
+    named = dict(model.named_parameters())
+    decay = [p for p in named.values() if p.dim() >= 2]
+    no_decay = [p for p in named.values() if p.dim() < 2]
+    if reverse_decay_params:
+        decay.reverse()
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
+                                  lr=1e-3, betas=(0.9, 0.99))
+    idx = torch.randint(model.config.vocab_size, (2, 8))
+    model(idx, idx)[1].backward()
+    optimizer.step()
+    state = optimizer.state_dict()
+    for moments in state["state"].values():
+        moments["step"] = torch.tensor(float(step))
+    for group in state["param_groups"]:
+        del group["decoupled_weight_decay"]
+    return state
+
+
+@pytest.fixture
+def nanogpt_run_on_tiny_data(tmp_path, tiny_data):
+    """A nanoGPT run at iter 250 trained on tiny_data's vocabulary, with its optimizer state."""
+    vocab = train.load_meta(tiny_data)["vocab"]
+    torch.manual_seed(0)
+    args = dict(n_layer=1, n_head=2, n_embd=32, block_size=16, bias=True, vocab_size=len(vocab), dropout=0.0)
+    model = GPT(GPTConfig(**args))
+    meta = {"vocab_size": len(vocab), "itos": dict(enumerate(vocab)), "stoi": {c: i for i, c in enumerate(vocab)}}
+    return tmp_path / "nanogpt", model, args, meta
+
+
+def test_resuming_a_nanogpt_checkpoint_continues_its_optimizer(nanogpt_run_on_tiny_data, tiny_data, capsys):
+    run, model, args, meta = nanogpt_run_on_tiny_data
+    write_nanogpt_run(run, model, args, meta, optimizer=nanogpt_optimizer_state(model, step=250))
+    shape = dict(n_layer=1, n_head=2, n_embd=32, block_size=16, bias=True)
+    summary = train.main(tiny_train_args(tiny_data, run, init_from="resume", max_iters=260, **shape))
+    assert "holds no random-number states (nanoGPT saves none)" in capsys.readouterr().out
+    assert summary["iters"] == 260 and summary["status"] == "finished"
+    ckpt = train.load_checkpoint(run / "ckpt.pt")  # now in this harness's format
+    assert "format_version" in ckpt and ckpt["iter_num"] == 260
+    steps = {moments["step"].item() for moments in ckpt["optimizer"]["state"].values()}
+    assert steps == {260.0}  # AdamW's bias correction continues from nanoGPT's 250 steps
+    assert all(group["decoupled_weight_decay"] for group in ckpt["optimizer"]["param_groups"])
+
+
+def test_a_nanogpt_optimizer_state_in_another_parameter_order_is_refused(nanogpt_run_on_tiny_data, tiny_data, capsys):
+    run, model, args, meta = nanogpt_run_on_tiny_data
+    write_nanogpt_run(run, model, args, meta, optimizer=nanogpt_optimizer_state(model, 250, reverse_decay_params=True))
+    shape = dict(n_layer=1, n_head=2, n_embd=32, block_size=16, bias=True)
+    with pytest.raises(SystemExit):
+        train.main(tiny_train_args(tiny_data, run, init_from="resume", max_iters=260, **shape))
+    assert "the checkpoint's optimizer state does not fit the model" in capsys.readouterr().err
+
+
+def test_resuming_a_nanogpt_checkpoint_without_optimizer_state_is_refused(nanogpt_run, tiny_data, capsys):
     run, _ = nanogpt_run
     with pytest.raises(SystemExit):
         train.main(tiny_train_args(tiny_data, run, init_from="resume"))
-    assert "is a nanoGPT checkpoint: sample.py reads it" in capsys.readouterr().err
+    assert "holds no optimizer state, so it cannot be resumed" in capsys.readouterr().err
 
 
 def test_missing_meta_pkl_says_where_to_get_it(nanogpt_run, capsys):

@@ -71,7 +71,7 @@ def test_resume_with_a_different_shape_is_refused(tiny_run, tiny_data, capsys):
     with pytest.raises(SystemExit) as exc:
         train.main(tiny_train_args(tiny_data, tiny_run, n_embd=64, init_from="resume"))
     assert exc.value.code == 2
-    assert "n_embd (checkpoint 32, now 64)" in capsys.readouterr().err
+    assert "its model has n_embd 32, this run asks for 64 (set --n_embd=32" in capsys.readouterr().err
 
 
 def test_missing_data_says_to_run_prepare(tmp_path, capsys):

@@ -1,0 +1,187 @@
+"""A run survives being stopped or killed at any moment, resumes exactly, and never loses its best model."""
+
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+import train
+from conftest import REPO, tiny_train_args
+
+# Runs train.py, and kills the process with SIGKILL halfway through writing checkpoint number KILL_AT (1 = the first
+# torch.save of the run): the temp file is left half written, as after a power cut.
+KILL_DURING_SAVE = """
+import os, signal, sys
+import torch
+import train
+kill_at, saves, real_save = int(sys.argv[1]), [0], torch.save
+def save_then_die(obj, f, *args, **kwargs):
+    saves[0] += 1
+    real_save(obj, f, *args, **kwargs)
+    if saves[0] == kill_at:
+        f.flush()
+        f.truncate(f.tell() // 2)
+        os.kill(os.getpid(), signal.SIGKILL)
+torch.save = save_then_die
+train.main(sys.argv[2:])
+"""
+
+
+def metrics_of(out_dir):
+    return [(m["iter"], m["train_loss"], m["val_loss"])
+            for m in map(json.loads, (out_dir / "metrics.jsonl").read_text().splitlines())]
+
+
+def assert_checkpoints_load(out_dir):
+    for name in ("best.pt", "ckpt.pt"):
+        if (out_dir / name).exists():
+            train.load_checkpoint(out_dir / name)  # a UsageError here means a damaged checkpoint
+
+
+def test_every_rng_state_round_trips_through_a_checkpoint(tmp_path):
+    random.seed(1)
+    np.random.seed(2)
+    torch.manual_seed(3)
+    batch_gen = torch.Generator().manual_seed(4)
+    np.random.normal()  # leaves a cached Gaussian in NumPy's legacy state
+    train.save_atomic({"rng": train.rng_state(batch_gen, "cpu")}, tmp_path / "rng.pt")
+    draws = lambda: (random.random(), np.random.normal(), torch.rand(2).tolist(),  # noqa: E731
+                     torch.randint(100, (3,), generator=batch_gen).tolist())
+    expected = draws()
+    draws()  # move every generator on
+    loaded = torch.load(tmp_path / "rng.pt", weights_only=True)  # plain data and tensors only
+    train.restore_rng(loaded["rng"], batch_gen, "cpu")
+    assert draws() == expected
+
+
+def test_resume_on_other_data_is_refused_naming_each_split(tiny_run, tiny_data, tmp_path, capsys):
+    import prepare_shakespeare
+    other = tmp_path / "other_data"  # the same text and vocabulary, split elsewhere
+    prepare_shakespeare.main(["--input", str(tiny_data / "tiny.txt"), "--out_dir", str(other),
+                              "--val_fraction", "0.2"])
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    with pytest.raises(SystemExit) as exc:
+        train.main(tiny_train_args(other, run, init_from="resume", max_iters=50))
+    err = capsys.readouterr().err
+    assert exc.value.code == 2
+    assert f"{other}/train.bin (16,000 tokens" in err and "is not the data it was trained on (18,000 tokens" in err
+    assert f"{other}/val.bin (4,000 tokens" in err
+
+
+def test_metrics_logged_after_the_checkpoint_are_dropped_on_resume(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("".join(json.dumps({"iter": i, "val_loss": 1.0}) + "\n" for i in (0, 10, 20, 30)) + '{"iter": 4')
+    train.trim_metrics(path, 20)
+    assert [json.loads(line)["iter"] for line in path.read_text().splitlines()] == [0, 10, 20]
+
+
+def test_a_best_pt_newer_than_ckpt_pt_is_never_overwritten_by_a_worse_model(tiny_run, tiny_data, tmp_path):
+    # As if the process died after writing best.pt and before writing ckpt.pt: best.pt knows a better loss.
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    best = train.load_checkpoint(run / "best.pt")
+    best["best_val_loss"] = 0.5
+    train.save_atomic(best, run / "best.pt")
+    before = (run / "best.pt").read_bytes()
+    train.main(tiny_train_args(tiny_data, run, init_from="resume", max_iters=60))
+    assert (run / "best.pt").read_bytes() == before
+    assert train.load_checkpoint(run / "ckpt.pt")["iter_num"] == 60
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full to simulate a full disk")
+def test_a_full_disk_while_saving_ends_with_a_message_and_keeps_the_previous_checkpoint(tiny_run, tiny_data,
+                                                                                          tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    before = (run / "ckpt.pt").read_bytes()
+    (run / "ckpt.pt.tmp").symlink_to("/dev/full")  # every write to the temp file fails with ENOSPC
+    with pytest.raises(SystemExit) as exc:
+        train.main(tiny_train_args(tiny_data, run, init_from="resume", max_iters=60))
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "Traceback" not in err
+    assert f"could not write {run}/ckpt.pt: No space left on device; the previous ckpt.pt is untouched" in err
+    assert "free some disk space and run the same command with --init_from=resume" in err
+    assert (run / "ckpt.pt").read_bytes() == before and not os.path.lexists(run / "ckpt.pt.tmp")
+    assert train.main(tiny_train_args(tiny_data, run, init_from="resume", max_iters=60))["iters"] == 60
+
+
+def test_a_second_ctrl_c_quits_at_once_and_leaves_the_last_checkpoint_intact(tiny_data, tmp_path, monkeypatch,
+                                                                             capsys):
+    out = tmp_path / "run"
+    calls, saves, real_get_batch, real_save = [0], [0], train.get_batch, torch.save
+
+    def get_batch(*args):  # the first Ctrl-C comes during a step after the evaluation at iter 10
+        calls[0] += 1
+        if calls[0] == 20:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_get_batch(*args)
+
+    def save(obj, f, *args, **kwargs):  # the second comes while the stop's ckpt.pt is being written
+        saves[0] += 1
+        real_save(obj, f, *args, **kwargs)
+        if saves[0] == 3:  # best.pt and ckpt.pt at iter 10, then this one
+            f.truncate(f.tell() // 2)
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(train, "get_batch", get_batch)
+    monkeypatch.setattr(torch, "save", save)
+    with pytest.raises(SystemExit) as exc:
+        train.main(tiny_train_args(tiny_data, out))
+    captured = capsys.readouterr()
+    assert exc.value.code == 130 and "Traceback" not in captured.err
+    assert "second stop request: quitting at once" in captured.out + captured.err
+    assert train.load_checkpoint(out / "ckpt.pt")["iter_num"] == 10  # the one written at the last evaluation
+    assert not (out / "ckpt.pt.tmp").exists()
+    monkeypatch.undo()
+    assert train.main(tiny_train_args(tiny_data, out, init_from="resume"))["iters"] == 40
+
+
+@pytest.mark.parametrize("kill_at", [1, 2, 3, 4, 7])
+def test_sigkill_while_a_checkpoint_is_written_leaves_loadable_checkpoints_and_resume_continues_the_curve(
+        kill_at, tiny_run, tiny_data, tmp_path, capsys):
+    # Saves alternate best.pt, ckpt.pt at iters 10, 20, 30, 40 (the tiny run's loss improves at every evaluation).
+    out = tmp_path / "killed"
+    args = tiny_train_args(tiny_data, out)
+    proc = subprocess.run([sys.executable, "-c", KILL_DURING_SAVE, str(kill_at), *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert_checkpoints_load(out)
+    if not (out / "ckpt.pt").exists():  # killed before the first ckpt.pt was complete: nothing to resume
+        with pytest.raises(SystemExit):
+            train.main(args + ["--init_from=resume"])
+        assert f"checkpoint {out}/ckpt.pt not found" in capsys.readouterr().err
+        return
+    train.main(args + ["--init_from=resume"])
+    assert metrics_of(out) == metrics_of(tiny_run)  # the same curve as the run that was never killed
+
+
+@pytest.mark.parametrize("delay", [0.2, 0.7, 1.5])
+def test_sigkill_at_any_moment_leaves_loadable_checkpoints_and_resume_works(delay, tiny_data, tmp_path):
+    # A checkpoint pair at every step, so a kill lands during or between saves, in steps and evaluations.
+    out = tmp_path / "killed"
+    args = tiny_train_args(tiny_data, out, max_iters=100000, eval_interval=1, eval_iters=1)
+    proc = subprocess.Popen([sys.executable, "train.py", *args], cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while not (out / "ckpt.pt").exists():
+        assert time.time() < deadline and proc.poll() is None, "train.py did not start training"
+        time.sleep(0.02)
+    time.sleep(delay)
+    proc.kill()
+    proc.communicate(timeout=60)
+    assert_checkpoints_load(out)
+    resumed_from = train.load_checkpoint(out / "ckpt.pt")["iter_num"]
+    summary = train.main(tiny_train_args(tiny_data, out, max_iters=resumed_from + 3, eval_interval=1, eval_iters=1,
+                                         init_from="resume"))
+    assert summary["iters"] == resumed_from + 3
+    iters = [m[0] for m in metrics_of(out)]
+    assert iters == list(range(resumed_from + 4))  # every evaluation once, none lost or repeated
