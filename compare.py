@@ -22,7 +22,7 @@ from train import format_duration
 # config.json keys that say where or how a run was executed, not what was trained: a difference in them is noise.
 BOOKKEEPING_KEYS = {"out_dir", "init_from", "device", "dtype", "compile", "log_interval", "always_save_checkpoint"}
 TEMPERATURE = 0.8
-TOP_K = 200
+TOP_K = 0  # no cut: sample among all characters
 # Samples are drawn on the CPU: the same seed then gives the same text on every machine.
 SAMPLE_DEVICE = "cpu"
 
@@ -154,7 +154,7 @@ def write_report(path: Path, names: list[str], differences: list[list[str]], res
         "## Samples",
         "",
         f"Each run's sample starts from the prompt {prompt!r}, with seed {seed}, temperature {TEMPERATURE}, "
-        f"top_k {TOP_K} and {max_new_tokens} new characters.",
+        f"all characters as candidates (no top_k) and {max_new_tokens} new characters.",
     ]
     for name, (checkpoint, text) in zip(names, samples):
         parts += ["", f"### {name}", "", f"From `{checkpoint}`.", "", fenced(text)]

@@ -23,8 +23,8 @@ class SampleConfig:
     start: str = "\n"  # the prompt, or FILE:path to read it from a file
     num_samples: int = 3  # how many samples to print
     max_new_tokens: int = 500  # characters generated per sample
-    temperature: float = 0.8  # < 1 is more predictable, > 1 more surprising; 0 always takes the likeliest character
-    top_k: int = 200  # sample only among the k likeliest characters; 0 = all of them
+    temperature: float = 0.8  # > 0; below 1 is more predictable, above 1 more surprising
+    top_k: int = 0  # sample only among the k likeliest characters; 0 = all of them, 1 = always the likeliest
     seed: int = 1337  # the same seed, prompt and checkpoint give the same text
     device: str = "auto"  # auto (cuda, else mps, else cpu), cpu, cuda, cuda:N or mps
 
@@ -35,8 +35,9 @@ def validate(cfg: SampleConfig) -> None:
         problems.append(f"'num_samples' must be a positive integer, got {cfg.num_samples}")
     if cfg.max_new_tokens <= 0:
         problems.append(f"'max_new_tokens' must be a positive integer, got {cfg.max_new_tokens}")
-    if cfg.temperature < 0:
-        problems.append(f"'temperature' must be >= 0 (0 = greedy), got {cfg.temperature}")
+    if not cfg.temperature > 0:
+        problems.append(f"'temperature' must be > 0, got {cfg.temperature}; for the likeliest character every time "
+                        "use --top_k=1")
     if cfg.top_k < 0:
         problems.append(f"'top_k' must be >= 0 (0 = no limit), got {cfg.top_k}")
     if problems:
@@ -124,6 +125,9 @@ def sample(argv=None) -> list[str]:
         out_dir = find_latest_run()
         print(f"sampling from {out_dir} (the most recently updated run; choose another with --out_dir)")
     model, vocab, info = load_model(out_dir, device)
+    if cfg.top_k > len(vocab):
+        raise UsageError(f"'top_k' is {cfg.top_k}, more than the model's {len(vocab)} characters: use at most "
+                         f"{len(vocab)}, or 0 for all of them")
     prompt = read_prompt(cfg.start)
     encode_prompt(prompt, vocab)  # refuse unknown characters before printing anything
     print(f"{info['path']}: iter {info['iter_num']}, val loss {info['best_val_loss']:.4f}")

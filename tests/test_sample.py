@@ -51,7 +51,7 @@ def test_latest_run_is_the_default(tiny_run, tmp_path, monkeypatch, capsys):
 
 @pytest.mark.parametrize("args, message", [
     (["--max_new_tokens=0"], "'max_new_tokens' must be a positive integer"),
-    (["--temperature=-1"], "'temperature' must be >= 0"),
+    (["--temperature=0"], "'temperature' must be > 0, got 0.0; for the likeliest character every time use --top_k=1"),
     (["--top_k=-2"], "'top_k' must be >= 0"),
     (["--out_dir=/no/such/run"], "run folder '/no/such/run' not found"),
     (["--tempreature=0.5"], "did you mean 'temperature'?"),
