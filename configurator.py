@@ -188,12 +188,14 @@ def split_argv(argv, allow_config_file: bool = True):
 def ensure_dir(path: str, key: str = "out_dir") -> Path:
     """Create a writable directory or explain why it cannot be."""
     p = Path(path)
-    if p.exists() and not p.is_dir():
-        raise UsageError(f"{key} '{path}' is a file, not a directory: choose another {key}")
     try:
+        # Path.exists() raises PermissionError (instead of returning False) inside a folder we may not enter.
+        if p.exists() and not p.is_dir():
+            raise UsageError(f"{key} '{path}' is a file, not a directory: choose another {key}")
         p.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise UsageError(f"cannot create {key} '{path}': {e.strerror}") from None
+        raise UsageError(f"cannot create {key} '{path}': {e.strerror}; choose another {key} or fix its "
+                         "permissions") from None
     if not os.access(p, os.W_OK):
         raise UsageError(f"{key} '{path}' is not writable: choose another {key} or fix its permissions")
     return p

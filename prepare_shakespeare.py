@@ -59,6 +59,15 @@ def sha256_of(path: Path) -> str:
     return h.hexdigest()
 
 
+def describe(error: Exception) -> str:
+    """A download failure in a few words; requests' own messages nest whole reprs of the connection pool."""
+    if isinstance(error, requests.ConnectionError):
+        return "no connection (is this machine offline?)"
+    if isinstance(error, requests.Timeout):
+        return "the server did not answer in time"
+    return str(error)
+
+
 def download(url: str, dest: Path, expected_sha256: str, timeout: float = 30.0, retries: int = 3,
              backoff: float = 1.0) -> None:
     """Stream `url` into `dest` via `dest.part`, check its sha256, then rename into place.
@@ -86,10 +95,11 @@ def download(url: str, dest: Path, expected_sha256: str, timeout: float = 30.0, 
             except requests.RequestException as e:
                 last_error = e
         else:
-            raise DownloadError(f"could not download {url} after {retries} tries ({last_error})")
+            raise DownloadError(f"could not download {url} after {retries} tries: {describe(last_error)}")
         actual = sha256_of(part)
         if actual != expected_sha256:
-            raise DownloadError(f"checksum mismatch for {url}: expected sha256 {expected_sha256}, got {actual}")
+            raise DownloadError(f"checksum mismatch: the file from {url} has sha256 {actual}, expected "
+                                f"{expected_sha256}")
         os.replace(part, dest)
     finally:
         part.unlink(missing_ok=True)
@@ -102,7 +112,7 @@ def read_text(path: Path) -> str:
     try:
         text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise UsageError(f"input file '{path}' not found") from None
+        raise UsageError(f"input file '{path}' not found: give --input the path of an existing text file") from None
     except UnicodeDecodeError as e:
         raise UsageError(f"input file '{path}' is not UTF-8 text (byte {e.start} is invalid): "
                          "convert it, e.g. with iconv -t utf-8") from None

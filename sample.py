@@ -69,7 +69,8 @@ def read_prompt(start: str) -> str:
         try:
             return path.read_text(encoding="utf-8")
         except FileNotFoundError:
-            raise UsageError(f"prompt file '{path}' not found") from None
+            raise UsageError(f"prompt file '{path}' not found: give --start=FILE: the path of an existing text "
+                             "file") from None
         except UnicodeDecodeError:
             raise UsageError(f"prompt file '{path}' is not UTF-8 text") from None
     return start

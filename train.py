@@ -614,6 +614,9 @@ def train(argv=None) -> dict:
 
     ckpt = None
     if cfg.init_from == "resume":
+        if not (out_dir / "ckpt.pt").exists():
+            raise UsageError(f"cannot resume: {out_dir / 'ckpt.pt'} not found. Point --out_dir at the run to resume, "
+                             "or leave out --init_from=resume to start a new run")
         ckpt = load_checkpoint(out_dir / "ckpt.pt", device)
         check_resumable(ckpt, out_dir / "ckpt.pt", cfg, vocab, data_info)
 

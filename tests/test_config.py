@@ -1,3 +1,4 @@
+import dataclasses
 import subprocess
 import sys
 
@@ -102,7 +103,6 @@ def test_cli_mistake_is_one_line_without_traceback():
 
 
 def test_readme_documents_every_setting():
-    import dataclasses
 
     from sample import SampleConfig
     readme = (REPO / "README.md").read_text(encoding="utf-8")

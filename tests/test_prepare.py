@@ -42,16 +42,6 @@ def test_input_any_utf8_text(tmp_path):
     assert meta["val_tokens"] == 115
 
 
-@pytest.mark.parametrize("content, message", [(b"", "is empty"), (b"\xff\xfe bad bytes", "is not UTF-8")])
-def test_bad_input_text_exits_with_message(tmp_path, capsys, content, message):
-    source = tmp_path / "bad.txt"
-    source.write_bytes(content)
-    with pytest.raises(SystemExit) as exc:
-        prep.main(["--input", str(source), "--out_dir", str(tmp_path / "data")])
-    assert exc.value.code == 2
-    assert message in capsys.readouterr().err
-
-
 class _Server:
     """Serve fixed bytes on 127.0.0.1 so the download code runs for real without the internet."""
 

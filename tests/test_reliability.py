@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+import prepare_shakespeare
 import train
 from conftest import REPO, tiny_train_args
 
@@ -63,7 +64,6 @@ def test_every_rng_state_round_trips_through_a_checkpoint(tmp_path):
 
 
 def test_resume_on_other_data_is_refused_naming_each_split(tiny_run, tiny_data, tmp_path, capsys):
-    import prepare_shakespeare
     other = tmp_path / "other_data"  # the same text and vocabulary, split elsewhere
     prepare_shakespeare.main(["--input", str(tiny_data / "tiny.txt"), "--out_dir", str(other),
                               "--val_fraction", "0.2"])
@@ -158,7 +158,7 @@ def test_sigkill_while_a_checkpoint_is_written_leaves_loadable_checkpoints_and_r
     if not (out / "ckpt.pt").exists():  # killed before the first ckpt.pt was complete: nothing to resume
         with pytest.raises(SystemExit):
             train.main(args + ["--init_from=resume"])
-        assert f"checkpoint {out}/ckpt.pt not found" in capsys.readouterr().err
+        assert f"cannot resume: {out}/ckpt.pt not found" in capsys.readouterr().err
         return
     train.main(args + ["--init_from=resume"])
     assert metrics_of(out) == metrics_of(tiny_run)  # the same curve as the run that was never killed
