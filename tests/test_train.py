@@ -59,16 +59,18 @@ def test_tiny_run_writes_its_records_and_learns(tiny_run):
 
 
 def test_resume_continues_the_same_loss_curve(tmp_path, tiny_data):
-    straight = tmp_path / "straight"
-    train.main(tiny_train_args(tiny_data, straight, max_iters=30))
-    halves = tmp_path / "halves"
-    # The first half must use the full run's schedule, so it decays over 30 steps, not 15.
-    train.main(tiny_train_args(tiny_data, halves, max_iters=20, lr_decay_iters=30))
+    # 2N iterations in one go, and N iterations resumed for N more, with dropout on: the same losses, to the bit.
+    straight, halves = tmp_path / "straight", tmp_path / "halves"
+    train.main(tiny_train_args(tiny_data, straight, max_iters=40, eval_interval=5))
+    # The first half must use the full run's schedule, so it decays over 40 steps, not 20.
+    train.main(tiny_train_args(tiny_data, halves, max_iters=20, lr_decay_iters=40, eval_interval=5))
     assert torch.load(halves / "ckpt.pt", weights_only=True)["iter_num"] == 20
-    result = train.main(tiny_train_args(tiny_data, halves, max_iters=30, lr_decay_iters=30, init_from="resume"))
-    assert result["iters"] == 30
+    result = train.main(tiny_train_args(tiny_data, halves, max_iters=40, lr_decay_iters=40, eval_interval=5,
+                                        init_from="resume"))
+    assert result["iters"] == 40
     expected = [(m["iter"], m["train_loss"], m["val_loss"]) for m in read_metrics(straight)]
     resumed = [(m["iter"], m["train_loss"], m["val_loss"]) for m in read_metrics(halves)]
+    assert len(expected) == 9
     assert resumed == expected
 
 
