@@ -4,9 +4,14 @@
     python train.py config/baseline.py                 # nanoGPT's Shakespeare-char recipe, for a GPU
     python train.py config/cpu.py --max_iters=500 --n_layer=2
     python train.py config/cpu.py --init_from=resume   # continue from out_dir/ckpt.pt
+    torchrun --standalone --nproc_per_node=8 train.py config/baseline.py --gradient_accumulation_steps=8
 
 Settings: the TrainConfig defaults below, then the config file's assignments, then --key=value overrides.
 Everything a run makes lands in out_dir: config.json, run.json, metrics.jsonl, ckpt.pt and best.pt.
+
+Under torchrun, each process trains a DistributedDataParallel replica: on its own GPU (cuda:LOCAL_RANK, NCCL) or on
+the CPU (gloo). gradient_accumulation_steps stays the global number of micro-batches per step, shared out equally
+among the processes, so the run trains the same model as one process would; only rank 0 writes out_dir and prints.
 """
 
 import errno
@@ -29,7 +34,9 @@ from typing import Literal
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from configurator import REPO_ROOT, UsageError, build_config, ensure_dir, parse_overrides, run_command, split_argv
@@ -59,7 +66,7 @@ class TrainConfig:
     # data
     batch_size: int = 64  # sequences per micro-batch
     block_size: int = 256  # context length in characters
-    gradient_accumulation_steps: int = 1  # micro-batches per optimizer step
+    gradient_accumulation_steps: int = 1  # micro-batches per optimizer step, over all processes under torchrun
     # model
     n_layer: int = 6  # transformer blocks
     n_head: int = 6  # attention heads per block
@@ -194,10 +201,15 @@ def load_split(data_dir: str, split: str, meta: dict, device: str) -> tuple[torc
 
 def get_batch(data: torch.Tensor, block_size: int, batch_size: int, generator: torch.Generator):
     """Random windows of block_size + 1 tokens: x is each window's first block_size, y the same shifted by one."""
-    ix = torch.randint(len(data) - block_size, (batch_size,), generator=generator, device=data.device)  # (B,)
+    ix = batch_starts(data, block_size, batch_size, generator)  # (B,)
     offsets = torch.arange(block_size + 1, device=data.device)  # (T+1,)
     windows = data[ix[:, None] + offsets]  # (B, T+1)
     return windows[:, :-1], windows[:, 1:]
+
+
+def batch_starts(data: torch.Tensor, block_size: int, batch_size: int, generator: torch.Generator) -> torch.Tensor:
+    """batch_size random window starts, each with room for block_size + 1 tokens from it: get_batch's draw."""
+    return torch.randint(len(data) - block_size, (batch_size,), generator=generator, device=data.device)  # (B,)
 
 
 @torch.no_grad()
@@ -555,18 +567,24 @@ def device_name(device: str) -> str:
 
 
 class StopRequest:
-    """Ctrl-C or SIGTERM asks the loop to stop after the current step and save; a second one stops at once."""
+    """Ctrl-C or SIGTERM asks the loop to stop after the current step and save; a second one stops at once.
 
-    def __init__(self):
+    Under torchrun the signal reaches torchrun, which passes it on to every process; announce=False (ranks > 0) keeps
+    them from all printing the same message."""
+
+    def __init__(self, announce: bool = True):
         self.requested = False
+        self.announce = announce
         self._previous = {}
 
     def _handle(self, signum, frame):
         if self.requested:
-            tqdm.write("second stop request: quitting at once. Checkpoints already written stay as they were")
+            if self.announce:
+                tqdm.write("second stop request: quitting at once. Checkpoints already written stay as they were")
             raise KeyboardInterrupt
         self.requested = True
-        tqdm.write("stop requested: finishing this step and saving ckpt.pt (press Ctrl-C again to quit at once)")
+        if self.announce:
+            tqdm.write("stop requested: finishing this step and saving ckpt.pt (press Ctrl-C again to quit at once)")
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():  # signals can only be caught there
@@ -585,15 +603,102 @@ def format_duration(seconds: float) -> str:
 
 
 # ----------------------------------------------------------------------------------------------------------------------
+# Several processes: torchrun and DistributedDataParallel
+
+def distributed_env(environ) -> tuple[int, int, int] | None:
+    """(rank, local_rank, world_size) from the variables torchrun sets in each process it starts; None without."""
+    try:
+        rank = int(environ.get("RANK", -1))
+        if rank == -1:
+            return None
+        return rank, int(environ["LOCAL_RANK"]), int(environ["WORLD_SIZE"])
+    except (KeyError, ValueError):
+        raise UsageError("the environment sets RANK, so RANK, LOCAL_RANK and WORLD_SIZE must all be integers: start "
+                         "several processes with torchrun, which sets all three, or unset RANK to train in one "
+                         "process") from None
+
+
+def micro_steps_per_rank(gradient_accumulation_steps: int, world_size: int) -> int:
+    """Each process's share of an optimizer step's micro-batches (gradient_accumulation_steps counts all of them)."""
+    if gradient_accumulation_steps % world_size:
+        multiple = -(-gradient_accumulation_steps // world_size) * world_size
+        raise UsageError(f"gradient_accumulation_steps ({gradient_accumulation_steps}) must be divisible by the number "
+                         f"of processes ({world_size}): it counts the micro-batches of one step over all processes, "
+                         f"and each takes an equal share. Set --gradient_accumulation_steps={multiple} (or another "
+                         f"multiple of {world_size}), or start a number of processes that divides it")
+    return gradient_accumulation_steps // world_size
+
+
+def resolve_ddp_device(requested: str, local_rank: int) -> str:
+    """Under torchrun each process trains on its own GPU, cuda:LOCAL_RANK, or on the CPU; auto prefers CUDA."""
+    if requested == "auto":
+        requested = "cuda" if torch.cuda.is_available() else "cpu"
+    if requested == "cpu":
+        return "cpu"
+    if requested != "cuda":
+        raise UsageError(f"device '{requested}' cannot be used under torchrun: each process takes the GPU "
+                         "cuda:LOCAL_RANK (--device=cuda or auto) or the CPU (--device=cpu)")
+    resolve_device("cuda")  # explains a machine without CUDA
+    if local_rank >= torch.cuda.device_count():
+        raise UsageError(f"torchrun started a process with LOCAL_RANK {local_rank}, but this machine has "
+                         f"{torch.cuda.device_count()} GPUs: use --nproc_per_node={torch.cuda.device_count()} or fewer")
+    return f"cuda:{local_rank}"
+
+
+def any_rank(flag: bool, group) -> bool:
+    """True on every rank when it is True on any: all ranks must leave the loop at the same step, or those still in
+    it would wait forever for the others in the next gradient all-reduce."""
+    t = torch.tensor([float(flag)])
+    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=group)
+    return bool(t.item())
+
+
+def mean_over_ranks(value: float, world_size: int, group) -> float:
+    t = torch.tensor([value], dtype=torch.float64)
+    dist.all_reduce(t, group=group)  # a sum (gloo has no average), so a NaN on any rank reaches every rank
+    return t.item() / world_size
+
+
+def from_rank0(values: list[float], group) -> list[float]:
+    t = torch.tensor(values, dtype=torch.float64)
+    dist.broadcast(t, src=0, group=group)
+    return t.tolist()
+
+
+# ----------------------------------------------------------------------------------------------------------------------
 # The run
 
 def main(argv=None):
     return run_command(train, argv, __doc__, TrainConfig)
 
 
-def train(argv=None) -> dict:
+def train(argv=None) -> dict | None:
+    """One run, in this process or in each of the processes torchrun started; returns the summary (rank 0's only)."""
     cfg = load_config(argv)
-    device = resolve_device(cfg.device)
+    ranks = distributed_env(os.environ)
+    if ranks is None:
+        return train_process(cfg, argv, resolve_device(cfg.device))
+    rank, local_rank, world_size = ranks
+    micro_steps_per_rank(cfg.gradient_accumulation_steps, world_size)  # refused before any process waits for another
+    device = resolve_ddp_device(cfg.device, local_rank)
+    if device.startswith("cuda"):
+        torch.cuda.set_device(device)  # NCCL and the CUDA defaults then use this process's own GPU
+    dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
+    try:
+        # The ranks' small agreements (stop now? the evaluation's numbers) go through gloo on the CPU, so a rank
+        # waiting on them never stalls its GPU.
+        control_group = dist.new_group(backend="gloo") if device.startswith("cuda") else None
+        return train_process(cfg, argv, device, ddp=True, rank=rank, world_size=world_size,
+                             control_group=control_group)
+    finally:
+        dist.destroy_process_group()
+
+
+def train_process(cfg: TrainConfig, argv, device: str, ddp: bool = False, rank: int = 0, world_size: int = 1,
+                  control_group=None) -> dict | None:
+    """The run as one process sees it: alone, or as rank `rank` of `world_size` DDP processes."""
+    master_process = rank == 0  # the one that writes out_dir and prints
+    micro_steps = micro_steps_per_rank(cfg.gradient_accumulation_steps, world_size)
     dtype = resolve_dtype(cfg.dtype, device)
     use_compile = device.startswith("cuda") if cfg.compile == "auto" else cfg.compile
     lr_decay_iters = cfg.max_iters if cfg.lr_decay_iters == -1 else cfg.lr_decay_iters
@@ -651,7 +756,7 @@ def train(argv=None) -> dict:
         evals_since_best = ckpt["evals_since_best"]
         if ckpt.get("rng") is not None:
             restore_rng(ckpt["rng"], batch_gen, device)
-        else:
+        elif master_process:
             print(f"{out_dir / 'ckpt.pt'} holds no random-number states (nanoGPT saves none): batches and dropout "
                   f"continue from seed {cfg.seed}, so this is not the exact run nanoGPT would have continued")
         # best.pt is written before ckpt.pt: if a crash came between the two, best.pt holds a better model than
@@ -661,34 +766,47 @@ def train(argv=None) -> dict:
             if best["best_val_loss"] < best_val_loss:
                 best_val_loss, best_iter = best["best_val_loss"], best["iter_num"]
             best = None
-        trim_metrics(out_dir / "metrics.jsonl", iter_num)
+        if master_process:
+            trim_metrics(out_dir / "metrics.jsonl", iter_num)
         ckpt = None  # free the loaded tensors before training
+    if rank > 0:
+        # Every rank built the same initial weights from `seed`; from here each needs its own dropout masks. A
+        # checkpoint holds rank 0's generator states only, so the other ranks reseed from their rank and the
+        # iteration: a resumed run with dropout continues deterministically, but not bit for bit as the unbroken one.
+        torch.manual_seed(cfg.seed + rank + world_size * iter_num)
     model = torch.compile(raw_model) if use_compile else raw_model
+    eval_model = model  # only rank 0 evaluates, so not through the DDP wrapper, whose forward syncs with the others
+    if ddp:
+        model = DistributedDataParallel(model, device_ids=[torch.device(device)] if device_type == "cuda" else None)
 
     resolved = asdict(cfg) | {"device": device, "dtype": dtype, "compile": use_compile,
                               "lr_decay_iters": lr_decay_iters}
-    (out_dir / "config.json").write_text(json.dumps(resolved, indent=1) + "\n")
     run_info = {
         "argv": sys.argv if argv is None else ["train.py", *argv],
-        "git_commit": git_commit(),
+        "git_commit": git_commit() if master_process else None,
         "torch_version": torch.__version__,
         "python_version": platform.python_version(),
         "device": device,
         "device_name": device_name(device),
+        "world_size": world_size,  # processes under torchrun, each on its own device; 1 without
         "params": raw_model.num_params(),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "resumed_from_iter": iter_num if cfg.init_from == "resume" else None,
     }
-    (out_dir / "run.json").write_text(json.dumps(run_info, indent=1) + "\n")
     metrics_path = out_dir / "metrics.jsonl"
-    if cfg.init_from == "scratch":
-        # A new run in an old run's folder: remove what the old run left, so nothing stale passes for this run's.
-        metrics_path.write_text("")
-        for stale in ("summary.json", "best.pt", "ckpt.pt"):
-            (out_dir / stale).unlink(missing_ok=True)
+    # Global: the micro-batches of all ranks together.
     tokens_per_iter = cfg.batch_size * cfg.block_size * cfg.gradient_accumulation_steps
-    print(f"{run_info['params'] / 1e6:.2f}M parameters | {device} ({run_info['device_name']}) | {dtype}"
-          f"{' | compiled' if use_compile else ''} | {tokens_per_iter:,} tokens per iteration | out_dir {out_dir}")
+    if master_process:
+        (out_dir / "config.json").write_text(json.dumps(resolved, indent=1) + "\n")
+        (out_dir / "run.json").write_text(json.dumps(run_info, indent=1) + "\n")
+        if cfg.init_from == "scratch":
+            # A new run in an old run's folder: remove what the old run left, so nothing stale passes for this run's.
+            metrics_path.write_text("")
+            for stale in ("summary.json", "best.pt", "ckpt.pt"):
+                (out_dir / stale).unlink(missing_ok=True)
+        print(f"{run_info['params'] / 1e6:.2f}M parameters | {device} ({run_info['device_name']}) | {dtype}"
+              f"{' | compiled' if use_compile else ''}{f' | {world_size} processes' if ddp else ''} | "
+              f"{tokens_per_iter:,} tokens per iteration | out_dir {out_dir}")
 
     def checkpoint_state(with_optimizer: bool) -> dict:
         state = {
@@ -719,64 +837,86 @@ def train(argv=None) -> dict:
     last_logged = (started, iter_num)
     stop_reason = None
     final_eval = None  # the last evaluation's full results, for summary.json
-    with StopRequest() as stop, tqdm(total=cfg.max_iters, initial=iter_num, desc=out_dir.name, unit="it",
-                                      dynamic_ncols=True) as pbar:
+    with StopRequest(announce=master_process) as stop, \
+            tqdm(total=cfg.max_iters, initial=iter_num, desc=out_dir.name, unit="it", dynamic_ncols=True,
+                 disable=not master_process) as pbar:
         while True:
             last_step = iter_num >= cfg.max_iters
             elapsed = elapsed_before + time.perf_counter() - started
             # A resumed run already evaluated (and logged) the iteration it resumes from.
             already_evaluated = cfg.init_from == "resume" and iter_num == start_iter
             if (iter_num % cfg.eval_interval == 0 or last_step) and not already_evaluated:
-                model.eval()
-                eval_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1 + iter_num)
-                final_eval = evaluate_split(model, val_data, cfg.block_size, cfg.batch_size, autocast)
-                train_loss = estimate_train_loss(model, train_data, cfg.block_size, cfg.batch_size, cfg.eval_iters,
-                                                 eval_gen, autocast)
-                model.train()
-                val_loss = final_eval["loss"]
+                if master_process:
+                    eval_model.eval()
+                    eval_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1 + iter_num)
+                    final_eval = evaluate_split(eval_model, val_data, cfg.block_size, cfg.batch_size, autocast)
+                    train_loss = estimate_train_loss(eval_model, train_data, cfg.block_size, cfg.batch_size,
+                                                     cfg.eval_iters, eval_gen, autocast)
+                    eval_model.train()
+                    val_loss = final_eval["loss"]
+                if ddp:
+                    # Only rank 0 evaluates; the others wait here for its numbers, so that every rank takes the same
+                    # decisions (diverged? improved? stop early?) at the same step.
+                    val_loss, train_loss = from_rank0([val_loss, train_loss] if master_process else [0.0, 0.0],
+                                                      control_group)
                 lr_now = get_lr(max(iter_num - 1, 0), cfg.learning_rate, cfg.min_lr, cfg.warmup_iters, lr_decay_iters)
                 for what, value in (("val loss", val_loss), ("train loss", train_loss)):
                     if not math.isfinite(value):  # checked before any save: a diverged model never overwrites one
                         raise divergence_error(what, value, iter_num, lr_now, out_dir, best_iter)
-                record = {"iter": iter_num, "train_loss": round(train_loss, 6), "val_loss": round(val_loss, 6),
-                          "val_ppl": perplexity(val_loss), "val_bpc": round(val_loss / math.log(2), 6),
-                          "val_acc": round(final_eval["acc"], 6), "val_top5": round(final_eval["top5"], 6),
-                          "lr": lr_now, "elapsed_s": round(elapsed, 3), "tokens": tokens_seen}
-                with open(metrics_path, "a") as f:
-                    f.write(json.dumps(record) + "\n")
                 improved = val_loss < best_val_loss
                 if improved:
                     best_val_loss, best_iter, evals_since_best = val_loss, iter_num, 0
                 else:
                     evals_since_best += 1
-                tqdm.write(f"iter {iter_num}: train loss {train_loss:.4f}, val loss {val_loss:.4f}, "
-                           f"val accuracy {final_eval['acc']:.1%}{' (best)' if improved else ''}")
-                if iter_num > 0 and improved:
-                    save_atomic(checkpoint_state(with_optimizer=False), out_dir / "best.pt")
-                if iter_num > 0 and (improved or cfg.always_save_checkpoint):
-                    save_atomic(checkpoint_state(with_optimizer=True), out_dir / "ckpt.pt")
+                if master_process:
+                    record = {"iter": iter_num, "train_loss": round(train_loss, 6), "val_loss": round(val_loss, 6),
+                              "val_ppl": perplexity(val_loss), "val_bpc": round(val_loss / math.log(2), 6),
+                              "val_acc": round(final_eval["acc"], 6), "val_top5": round(final_eval["top5"], 6),
+                              "lr": lr_now, "elapsed_s": round(elapsed, 3), "tokens": tokens_seen}
+                    with open(metrics_path, "a") as f:
+                        f.write(json.dumps(record) + "\n")
+                    tqdm.write(f"iter {iter_num}: train loss {train_loss:.4f}, val loss {val_loss:.4f}, "
+                               f"val accuracy {final_eval['acc']:.1%}{' (best)' if improved else ''}")
+                    if iter_num > 0 and improved:
+                        save_atomic(checkpoint_state(with_optimizer=False), out_dir / "best.pt")
+                    if iter_num > 0 and (improved or cfg.always_save_checkpoint):
+                        save_atomic(checkpoint_state(with_optimizer=True), out_dir / "ckpt.pt")
                 if 0 < cfg.early_stop_patience <= evals_since_best and not last_step:
-                    tqdm.write(f"early stop: no better val loss in {evals_since_best} evaluations "
-                               f"(best {best_val_loss:.4f} at iter {best_iter})")
-                    save_atomic(checkpoint_state(with_optimizer=True), out_dir / "ckpt.pt")
+                    if master_process:
+                        tqdm.write(f"early stop: no better val loss in {evals_since_best} evaluations "
+                                   f"(best {best_val_loss:.4f} at iter {best_iter})")
+                        save_atomic(checkpoint_state(with_optimizer=True), out_dir / "ckpt.pt")
                     stop_reason = "early_stopped"
                     break
             if last_step:
                 break
-            if stop.requested:
-                save_atomic(checkpoint_state(with_optimizer=True), out_dir / "ckpt.pt")
+            # Under DDP a signal may reach some ranks only, or reach them at different steps: they stop together.
+            if any_rank(stop.requested, control_group) if ddp else stop.requested:
+                if master_process:
+                    save_atomic(checkpoint_state(with_optimizer=True), out_dir / "ckpt.pt")
                 stop_reason = "interrupted"
                 break
 
             lr = get_lr(iter_num, cfg.learning_rate, cfg.min_lr, cfg.warmup_iters, lr_decay_iters)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            for _ in range(cfg.gradient_accumulation_steps):
+            # Every rank draws all the step's micro-batches in turn from the same generator, trains on its own share
+            # and only draws the window starts of the others'. Together the ranks train on exactly the batches one
+            # process would, and the generator stays alike on every rank, so rank 0's checkpointed state fits them all.
+            mine = range(rank * micro_steps, (rank + 1) * micro_steps)
+            for micro_step in range(cfg.gradient_accumulation_steps):
+                if micro_step not in mine:
+                    batch_starts(train_data, cfg.block_size, cfg.batch_size, batch_gen)  # another rank's micro-batch
+                    continue
                 x, y = get_batch(train_data, cfg.block_size, cfg.batch_size, batch_gen)
-                with autocast:
-                    _, loss = model(x, y)
-                # Average over micro-batches so the gradient matches one big batch.
-                scaler.scale(loss / cfg.gradient_accumulation_steps).backward()
+                # DDP all-reduces the gradients in the backward of this rank's last micro-batch only; the others
+                # accumulate locally.
+                with model.no_sync() if ddp and micro_step != mine[-1] else nullcontext():
+                    with autocast:
+                        _, loss = model(x, y)
+                    # Average over this rank's micro-batches, and DDP averages over the ranks: the gradient of the
+                    # step's micro-batches as one big batch.
+                    scaler.scale(loss / micro_steps).backward()
             if cfg.grad_clip > 0:
                 scaler.unscale_(optimizer)
                 torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.grad_clip)
@@ -791,6 +931,8 @@ def train(argv=None) -> dict:
                 rate = (iter_num - last_logged[1]) * tokens_per_iter / max(now - last_logged[0], 1e-9)
                 last_logged = (now, iter_num)
                 loss_value = loss.item()  # the only host sync in the loop, once per log_interval
+                if ddp:  # every rank must see a NaN on any of them, or only some would stop
+                    loss_value = mean_over_ranks(loss_value, world_size, control_group)
                 if not math.isfinite(loss_value):
                     raise divergence_error("training loss", loss_value, iter_num, lr, out_dir, best_iter)
                 pbar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}", tok_s=f"{rate:,.0f}", refresh=False)
@@ -799,13 +941,20 @@ def train(argv=None) -> dict:
     elapsed = elapsed_before + time.perf_counter() - started
     tokens_per_s = (tokens_seen - start_iter * tokens_per_iter) / max(time.perf_counter() - started, 1e-9)
     if stop_reason == "interrupted":
-        print(f"stopped at iter {iter_num}; saved {out_dir / 'ckpt.pt'}. Resume with: python train.py "
-              f"{' '.join(a for a in (argv if argv is not None else sys.argv[1:]) if 'init_from' not in a)} "
-              f"--init_from=resume")
+        if master_process:
+            launcher = "torchrun <the same torchrun options> train.py" if ddp else "python train.py"
+            print(f"stopped at iter {iter_num}; saved {out_dir / 'ckpt.pt'}. Resume with: {launcher} "
+                  f"{' '.join(a for a in (argv if argv is not None else sys.argv[1:]) if 'init_from' not in a)} "
+                  f"--init_from=resume")
+        if ddp:
+            # torchrun ends every process once one exits with an error status: none may go before rank 0 has saved.
+            dist.barrier(group=control_group)
         raise SystemExit(130)
+    if not master_process:
+        return None
     if final_eval is None:  # resumed at the very end: nothing was evaluated in this process
-        model.eval()
-        final_eval = evaluate_split(model, val_data, cfg.block_size, cfg.batch_size, autocast)
+        eval_model.eval()
+        final_eval = evaluate_split(eval_model, val_data, cfg.block_size, cfg.batch_size, autocast)
     metrics = [json.loads(line) for line in metrics_path.read_text().splitlines()]
     summary = summarize_run(metrics, classification_metrics(final_eval["confusion"]), run=out_dir.name,
                             out_dir=str(out_dir), status=stop_reason or "finished", params=run_info["params"],

@@ -1,5 +1,5 @@
 # Experiment: half the peak learning rate.
-from config.cpu import *
+from config.cpu_2min import *
 
 learning_rate = 2e-3
 out_dir = "out/cpu_lower_lr"

@@ -1,5 +1,5 @@
 # Experiment: train twice as long (about 4 minutes on 2 cores); the schedule stretches with max_iters.
-from config.cpu import *
+from config.cpu_2min import *
 
 max_iters = 5400
 eval_interval = 1350

@@ -163,6 +163,13 @@ def _(ctx):
     ctx.train(dtype="float16")  # tiny_train_args runs on the CPU
 
 
+@scenario("`gradient_accumulation_steps` not divisible by the number of processes")
+def _(ctx):
+    for name, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "2")):  # as torchrun starts rank 0 of 2
+        ctx.monkeypatch.setenv(name, value)
+    ctx.train(gradient_accumulation_steps=3)  # refused before the process would wait for rank 1
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # train.py: data and out_dir
 

@@ -1,0 +1,50 @@
+"""bench.py runs each of its benchmarks on a tiny config and reports a row per run; no test here asserts a time."""
+
+import pytest
+
+import bench
+
+
+def tiny_config(tmp_path, data_dir, **settings) -> str:
+    """A config file for a tiny model, so bench.py takes it like any recipe in config/."""
+    settings = dict(data_dir=str(data_dir), device="cpu", n_layer=1, n_head=2, n_embd=32, block_size=16,
+                    batch_size=8) | settings
+    path = tmp_path / "tiny.py"
+    path.write_text("".join(f"{key} = {value!r}\n" for key, value in settings.items()))
+    return str(path)
+
+
+def table_rows(report: str) -> list[list[str]]:
+    return [[cell.strip() for cell in line.strip("|").split("|")] for line in report.splitlines()[2:]]
+
+
+def test_step_timing_with_compare_gives_a_fast_and_an_off_row(tiny_data, tmp_path):
+    config = tiny_config(tmp_path, tiny_data, batch_size=4)
+    rows = table_rows(bench.main([config, "--iters=2", "--warmup=1", "--repeats=2", "--compare"]))
+    assert [row[1] for row in rows] == ["fast", "off"]
+    assert all(float(row[4]) > 0 for row in rows)  # ms/iter
+    assert rows[1][-1] == "1.00"  # the off row is the speed-up's reference
+
+
+def test_time_to_target_reports_when_the_val_loss_first_reached_it(tiny_data, tmp_path):
+    config = tiny_config(tmp_path, tiny_data, max_iters=20, eval_interval=10, eval_iters=2,
+                         learning_rate=3e-3, warmup_iters=5)
+    reached = table_rows(bench.main([config, "--target_loss=3.7", "--repeats=1"]))
+    assert reached[0][4] == "10"  # the tiny model's val loss is about 4.07 at iter 0 and 3.66 at iter 10
+    never = table_rows(bench.main([config, "--target_loss=0.5", "--repeats=1"]))
+    assert never[0][3] == "not reached" and never[0][4] == "-"
+
+
+def test_sampling_with_and_without_the_kv_cache(tiny_data, tmp_path):
+    config = tiny_config(tmp_path, tiny_data)
+    (row,) = table_rows(bench.main([config, "--sample", "--sample_tokens=40", "--repeats=1"]))
+    assert row[1] == "1x32, block 16" and row[2] == "40" and row[-1].endswith("x")
+
+
+def test_bench_mistakes_are_reported_together(capsys):
+    with pytest.raises(SystemExit) as exc:
+        bench.main(["config/cpu.py", "--iter=5", "--n_layers=2", "--compare", "--sample"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "Traceback" not in err
+    assert "unknown key 'iter' on the command line (did you mean 'iters'?)" in err
+    assert "unknown key 'n_layers' on the command line (did you mean 'n_layer'?)" in err
