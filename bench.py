@@ -57,6 +57,7 @@ class BenchOptions:
     compare: bool = False  # also measure each config with the fast path off (eager, float32, unfused AdamW)
     sample: bool = False  # time generation with and without the KV cache instead of training
     sample_tokens: int = 500  # characters generated per sampling measurement
+    num_samples: int = 1  # samples generated together in --sample (sample.py's default is 3)
     peak_flops: float = 0.0  # the device's peak FLOP/s for MFU; 0 = the bf16 peak of a known GPU, else no MFU
     output: str = ""  # also append the table, with date, device and command, to this markdown file
 
@@ -87,7 +88,7 @@ def parse_command(argv: list[str]) -> tuple[BenchOptions, list[tuple[str, TrainC
             configs.append((path, cfg))
         except UsageError as e:
             problems += e.problems
-    for key in ("iters", "repeats", "sample_tokens"):
+    for key in ("iters", "repeats", "sample_tokens", "num_samples"):
         if getattr(options, key) <= 0:
             problems.append(f"'{key}' must be a positive integer, got {getattr(options, key)}")
     if options.warmup < 0:
@@ -146,7 +147,7 @@ def build_trainer(cfg: TrainConfig, vocab_size: int, device: str, fast: bool):
                              n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=cfg.dropout, bias=cfg.bias)
     raw_model = GPT(model_config).to(device)
     optimizer = make_optimizer(raw_model, cfg.learning_rate, cfg.weight_decay, (cfg.beta1, cfg.beta2),
-                               fused=fast and device_type == "cuda")
+                               fused=fast and device_type in ("cuda", "cpu"))
     ptdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
     autocast = nullcontext() if ptdtype == torch.float32 else torch.autocast(device_type, dtype=ptdtype)
     scaler = torch.amp.GradScaler(device_type, enabled=ptdtype == torch.float16)
@@ -227,13 +228,14 @@ def time_to_target(path: str, cfg: TrainConfig, overrides: list[str], target: fl
 
 
 def time_sampling(cfg: TrainConfig, options: BenchOptions, vocab_size: int, device: str) -> dict[bool, list[float]]:
-    """Seconds to generate sample_tokens characters from a one-character prompt, with and without the KV cache,
-    each repeat interleaved. The weights are the config's random initial ones: the work per token is the same."""
+    """Seconds to generate num_samples x sample_tokens characters from a one-character prompt, with and without the
+    KV cache, each repeat interleaved. The weights are the config's random initial ones: the work per token is the
+    same as a trained model's."""
     torch.manual_seed(cfg.seed)
     model_config = GPTConfig(block_size=cfg.block_size, vocab_size=vocab_size, n_layer=cfg.n_layer,
                              n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=0.0, bias=cfg.bias)
     model = GPT(model_config).to(device).eval()
-    prompt = torch.zeros((1, 1), dtype=torch.long, device=device)
+    prompt = torch.zeros((options.num_samples, 1), dtype=torch.long, device=device)
     seconds = {True: [], False: []}
     with torch.inference_mode():
         model.generate(prompt, 8, use_cache=True)  # warm-up: first-call allocations
@@ -323,9 +325,9 @@ def bench(argv: list[str]) -> str:
         for path, cfg in configs:
             seconds = time_sampling(cfg, options, vocab_size, resolve_device(cfg.device))
             cached, full = statistics.median(seconds[True]), statistics.median(seconds[False])
-            rows.append([path, f"{cfg.n_layer}x{cfg.n_embd}, block {cfg.block_size}", str(options.sample_tokens),
-                         f"{cached:.3f}", f"{full:.3f}", f"{full / cached:.1f}x"])
-        header = ["config", "model", "characters", "KV cache s", "full window s", "speed-up"]
+            rows.append([path, f"{cfg.n_layer}x{cfg.n_embd}, block {cfg.block_size}", str(options.num_samples),
+                         str(options.sample_tokens), f"{cached:.3f}", f"{full:.3f}", f"{full / cached:.1f}x"])
+        header = ["config", "model", "samples", "characters each", "KV cache s", "full window s", "speed-up"]
     else:
         peak, peak_source = peak_flops_of(device, options.peak_flops)
         rows = []

@@ -26,14 +26,31 @@ class GPTConfig:
 
 
 class KVCache:
-    """Keys and values of the positions generated so far, one (k, v) pair per layer, each (B, nh, T, hs)."""
+    """Keys and values of the positions seen so far, for every layer, in buffers of block_size positions allocated
+    on first use. Each step writes its new positions in place: appending with torch.cat would copy the whole cache
+    at every token, which on a CPU costs more than the attention itself."""
 
     def __init__(self, n_layer: int):
-        self.layers: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * n_layer
+        self.buffers: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * n_layer  # each (B, nh, block, hs)
+        self.length = 0  # positions cached so far
 
     def __len__(self) -> int:
-        first = self.layers[0]
-        return 0 if first is None else first[0].size(2)
+        return self.length
+
+    def store(self, layer: int, k: torch.Tensor, v: torch.Tensor, capacity: int):
+        """Write k, v (B, nh, T, hs) after the cached positions; return every position's keys and values so far."""
+        if self.buffers[layer] is None:
+            B, nh, _, hs = k.shape
+            self.buffers[layer] = (k.new_empty(B, nh, capacity, hs), v.new_empty(B, nh, capacity, hs))
+        k_buffer, v_buffer = self.buffers[layer]
+        end = self.length + k.size(2)
+        k_buffer[:, :, self.length:end] = k
+        v_buffer[:, :, self.length:end] = v
+        return k_buffer[:, :, :end], v_buffer[:, :, :end]  # (B, nh, end, hs)
+
+    def advance(self, n_positions: int) -> None:
+        """Called once the last layer has stored them: the new positions become part of the cache."""
+        self.length += n_positions
 
 
 class CausalSelfAttention(nn.Module):
@@ -43,6 +60,7 @@ class CausalSelfAttention(nn.Module):
         assert config.n_embd % config.n_head == 0, f"n_embd {config.n_embd} not divisible by n_head {config.n_head}"
         self.n_head = config.n_head
         self.n_embd = config.n_embd
+        self.block_size = config.block_size  # the KV cache's capacity
         self.dropout = config.dropout
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)  # q, k, v for all heads at once
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
@@ -55,16 +73,14 @@ class CausalSelfAttention(nn.Module):
         q = q.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
         v = v.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
-        past = cache.layers[layer] if cache is not None else None
-        if past is not None:
+        has_past = cache is not None and len(cache) > 0
+        if has_past:
             # Decoding one new position: it may attend to every cached position, so no mask is needed.
             assert T == 1, f"with a filled KV cache, feed one token at a time (got T={T})"
-            k = torch.cat([past[0], k], dim=2)  # (B, nh, T_past + 1, hs)
-            v = torch.cat([past[1], v], dim=2)
         if cache is not None:
-            cache.layers[layer] = (k, v)
+            k, v = cache.store(layer, k, v, self.block_size)  # (B, nh, T_past + T, hs)
         y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0,
-                                           is_causal=past is None)  # (B, nh, T, hs)
+                                           is_causal=not has_past)  # (B, nh, T, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble the heads side by side: (B, T, C)
         return self.resid_dropout(self.c_proj(y))
 
@@ -148,6 +164,8 @@ class GPT(nn.Module):
         x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))  # (B, T, C)
         for i, block in enumerate(self.transformer.h):
             x = block(x, cache, i)
+        if cache is not None:
+            cache.advance(T)
         x = self.transformer.ln_f(x)
         logits = self.lm_head(x)  # (B, T, vocab_size)
         loss = None

@@ -18,6 +18,7 @@ def test_sampling_end_to_end(tiny_run, capsys):
     assert len(texts) == 2
     assert all(t.startswith("First") and len(t) == len("First") + 30 for t in texts)
     assert texts[0] in out.out and "best.pt" in out.out
+    assert texts[0] != texts[1]  # generated as one batch, but each sample draws its own characters
     again, _ = run_sample(capsys, f"--out_dir={tiny_run}", "--start=First", "--num_samples=2",
                           "--max_new_tokens=30", "--seed=7")
     assert again == texts
