@@ -161,7 +161,7 @@ def training_step(model, raw_model, optimizer, scaler, autocast, cfg: TrainConfi
     for _ in range(cfg.gradient_accumulation_steps):
         x, y = get_batch(train_data, cfg.block_size, cfg.batch_size, generator)
         with autocast:
-            _, loss = model(x, y)
+            _, loss = model(x, y, label_smoothing=cfg.label_smoothing)
         scaler.scale(loss / cfg.gradient_accumulation_steps).backward()
     if cfg.grad_clip > 0:
         scaler.unscale_(optimizer)

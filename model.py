@@ -151,8 +151,9 @@ class GPT(nn.Module):
             n -= self.transformer.wpe.weight.numel()
         return n
 
-    def forward(self, idx, targets=None, cache: KVCache | None = None):
-        """idx (B, T) token ids -> logits (B, T, vocab_size), and the mean cross-entropy loss when targets is given.
+    def forward(self, idx, targets=None, cache: KVCache | None = None, label_smoothing: float = 0.0):
+        """idx (B, T) token ids -> logits (B, T, vocab_size), and the mean cross-entropy loss when targets is given
+        (against targets smoothed by label_smoothing: training only; reported losses use 0).
 
         With a cache, positions continue from the cached length and the new keys and values are appended.
         """
@@ -170,7 +171,8 @@ class GPT(nn.Module):
         logits = self.lm_head(x)  # (B, T, vocab_size)
         loss = None
         if targets is not None:
-            loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-1)
+            loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-1,
+                                   label_smoothing=label_smoothing)
         return logits, loss
 
     @torch.no_grad()

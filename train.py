@@ -80,10 +80,13 @@ class TrainConfig:
     beta1: float = 0.9  # AdamW beta1
     beta2: float = 0.99  # AdamW beta2
     grad_clip: float = 1.0  # clip the gradient norm to this; 0 = no clipping
-    # learning-rate schedule: linear warmup, then cosine decay to min_lr
+    label_smoothing: float = 0.0  # share of each target's probability spread over all characters in training; 0 = off
+    # learning-rate schedule: linear warmup, then a decay to min_lr
+    lr_schedule: Literal["cosine", "linear", "constant", "wsd"] = "cosine"  # the decay's shape (wsd: flat, then linear)
     warmup_iters: int = 100  # steps of linear warmup from 0 to learning_rate
-    lr_decay_iters: int = -1  # step at which the cosine reaches min_lr; -1 = max_iters
+    lr_decay_iters: int = -1  # step at which the decay reaches min_lr; -1 = max_iters
     min_lr: float = 1e-4  # learning rate at the end of the decay
+    wsd_decay_fraction: float = 0.2  # wsd only: the share of the steps to lr_decay_iters spent decaying
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -102,6 +105,10 @@ def validate(cfg: TrainConfig) -> None:
     if cfg.n_head > 0 and cfg.n_embd % cfg.n_head != 0:
         problems.append(f"'n_embd' ({cfg.n_embd}) must be divisible by 'n_head' ({cfg.n_head}): "
                         f"each head gets n_embd / n_head dimensions")
+    if not 0 <= cfg.label_smoothing < 1:
+        problems.append(f"'label_smoothing' must be in [0, 1), got {cfg.label_smoothing}")
+    if not 0 < cfg.wsd_decay_fraction <= 1:
+        problems.append(f"'wsd_decay_fraction' must be in (0, 1], got {cfg.wsd_decay_fraction}")
     if not 0 <= cfg.dropout < 1:
         problems.append(f"'dropout' must be in [0, 1), got {cfg.dropout}")
     if not cfg.learning_rate > 0:
@@ -279,13 +286,26 @@ def estimate_train_loss(model, data, block_size, batch_size, n_batches, generato
 # ----------------------------------------------------------------------------------------------------------------------
 # Optimization
 
-def get_lr(it: int, learning_rate: float, min_lr: float, warmup_iters: int, lr_decay_iters: int) -> float:
-    """Linear warmup for warmup_iters steps, then cosine decay to min_lr at lr_decay_iters, then flat."""
+def get_lr(it: int, learning_rate: float, min_lr: float, warmup_iters: int, lr_decay_iters: int,
+           schedule: str = "cosine", wsd_decay_fraction: float = 0.2) -> float:
+    """Linear warmup for warmup_iters steps, then a decay to min_lr at lr_decay_iters, then flat at min_lr.
+
+    cosine: half a cosine wave from learning_rate to min_lr. linear: a straight line. constant: no decay at all (the
+    rate stays learning_rate). wsd (warmup-stable-decay): flat at learning_rate, then a straight line to min_lr over
+    the last wsd_decay_fraction of the steps, so a run can be branched off at any point before its decay begins."""
     if it < warmup_iters:
         return learning_rate * (it + 1) / (warmup_iters + 1)
+    if schedule == "constant":
+        return learning_rate
     if it >= lr_decay_iters:
         return min_lr
+    if schedule == "wsd":
+        decay_start = lr_decay_iters - wsd_decay_fraction * (lr_decay_iters - warmup_iters)
+        progress = max(it - decay_start, 0.0) / max(lr_decay_iters - decay_start, 1e-9)  # 0 until the decay, -> 1
+        return learning_rate - progress * (learning_rate - min_lr)
     progress = (it - warmup_iters) / (lr_decay_iters - warmup_iters)  # 0 -> 1
+    if schedule == "linear":
+        return learning_rate - progress * (learning_rate - min_lr)
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (learning_rate - min_lr)
 
 
@@ -867,7 +887,8 @@ def train_process(cfg: TrainConfig, argv, device: str, ddp: bool = False, rank: 
                     # decisions (diverged? improved? stop early?) at the same step.
                     val_loss, train_loss = from_rank0([val_loss, train_loss] if master_process else [0.0, 0.0],
                                                       control_group)
-                lr_now = get_lr(max(iter_num - 1, 0), cfg.learning_rate, cfg.min_lr, cfg.warmup_iters, lr_decay_iters)
+                lr_now = get_lr(max(iter_num - 1, 0), cfg.learning_rate, cfg.min_lr, cfg.warmup_iters, lr_decay_iters,
+                                cfg.lr_schedule, cfg.wsd_decay_fraction)
                 for what, value in (("val loss", val_loss), ("train loss", train_loss)):
                     if not math.isfinite(value):  # checked before any save: a diverged model never overwrites one
                         raise divergence_error(what, value, iter_num, lr_now, out_dir, best_iter)
@@ -905,7 +926,8 @@ def train_process(cfg: TrainConfig, argv, device: str, ddp: bool = False, rank: 
                 stop_reason = "interrupted"
                 break
 
-            lr = get_lr(iter_num, cfg.learning_rate, cfg.min_lr, cfg.warmup_iters, lr_decay_iters)
+            lr = get_lr(iter_num, cfg.learning_rate, cfg.min_lr, cfg.warmup_iters, lr_decay_iters, cfg.lr_schedule,
+                        cfg.wsd_decay_fraction)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             # Every rank draws all the step's micro-batches in turn from the same generator, trains on its own share
@@ -921,7 +943,7 @@ def train_process(cfg: TrainConfig, argv, device: str, ddp: bool = False, rank: 
                 # accumulate locally.
                 with model.no_sync() if ddp and micro_step != mine[-1] else nullcontext():
                     with autocast:
-                        _, loss = model(x, y)
+                        _, loss = model(x, y, label_smoothing=cfg.label_smoothing)
                     # Average over this rank's micro-batches, and DDP averages over the ranks: the gradient of the
                     # step's micro-batches as one big batch.
                     scaler.scale(loss / micro_steps).backward()

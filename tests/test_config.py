@@ -73,6 +73,9 @@ def test_values_are_converted_by_field_type(arg, key, value):
     ("--learning_rate=0", "'learning_rate' must be > 0, got 0.0"),
     ("--n_head=5", "'n_embd' (384) must be divisible by 'n_head' (5)"),
     ("--device=gpu", "'device' must be auto, cpu, cuda, cuda:N or mps, got 'gpu'"),
+    ("--label_smoothing=1", "'label_smoothing' must be in [0, 1), got 1.0"),
+    ("--lr_schedule=step", "'lr_schedule' on the command line must be 'cosine' or 'linear' or 'constant' or 'wsd'"),
+    ("--wsd_decay_fraction=0", "'wsd_decay_fraction' must be in (0, 1], got 0.0"),
 ])
 def test_bad_values_are_refused_naming_the_key(arg, message):
     assert any(p.startswith(message) for p in problems_of([arg])), problems_of([arg])

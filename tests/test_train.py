@@ -168,6 +168,31 @@ def test_learning_rate_schedule():
     assert all(lr(i) >= lr(i + 1) for i in range(10, 120))
 
 
+@pytest.mark.parametrize("schedule, at_60, at_95", [
+    ("linear", 0.55, 0.235),  # a straight line from 1.0 at iter 10 to 0.1 at iter 110
+    ("constant", 1.0, 1.0),
+    ("wsd", 1.0, 0.775),  # flat until iter 90 (the last 20% of the 100 decay steps), then a line to 0.1
+])
+def test_other_learning_rate_schedules(schedule, at_60, at_95):
+    lr = lambda it: train.get_lr(it, learning_rate=1.0, min_lr=0.1, warmup_iters=10, lr_decay_iters=110,  # noqa: E731
+                                 schedule=schedule, wsd_decay_fraction=0.2)
+    assert lr(0) == pytest.approx(1 / 11) and lr(10) == pytest.approx(1.0)  # the same warmup for every schedule
+    assert (lr(60), lr(95)) == (pytest.approx(at_60), pytest.approx(at_95))
+    assert lr(110) == lr(500) == pytest.approx(1.0 if schedule == "constant" else 0.1)
+    assert all(lr(i) >= lr(i + 1) for i in range(10, 120))
+
+
+def test_label_smoothing_mixes_in_the_uniform_distribution():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=8, vocab_size=11, n_layer=1, n_head=2, n_embd=16))
+    x, y = torch.randint(11, (2, 8)), torch.randint(11, (2, 8))
+    logits, plain = model(x, y)
+    _, smoothed = model(x, y, label_smoothing=0.1)
+    log_probs = F.log_softmax(logits.float(), dim=-1)
+    uniform_term = -log_probs.mean(dim=-1).mean()  # cross-entropy against the uniform distribution
+    torch.testing.assert_close(smoothed, 0.9 * plain + 0.1 * uniform_term)
+
+
 def test_weight_decay_only_on_matrices():
     model = GPT(GPTConfig(block_size=8, vocab_size=7, n_layer=1, n_head=1, n_embd=8, bias=True))
     optimizer = train.make_optimizer(model, 1e-3, 0.1, (0.9, 0.99), fused=False)
@@ -253,3 +278,11 @@ def test_ctrl_c_saves_a_checkpoint_and_says_how_to_resume(tiny_data, tmp_path):
 def test_perplexity_of_a_far_from_trained_model_is_infinite_not_an_error():
     assert train.perplexity(math.log(5.0)) == pytest.approx(5.0)
     assert train.perplexity(1e4) == float("inf")  # math.exp would overflow here
+
+
+def test_a_run_with_a_constant_rate_and_label_smoothing_learns(tiny_data, tmp_path):
+    out = tmp_path / "run"
+    train.main(tiny_train_args(tiny_data, out, lr_schedule="constant", label_smoothing=0.1))
+    metrics = read_metrics(out)
+    assert {m["lr"] for m in metrics if m["iter"] > 5} == {3e-3}  # warmup is 5 steps; no decay after it
+    assert metrics[-1]["val_loss"] < metrics[0]["val_loss"] - 0.5  # plain cross-entropy, lower than at the start
