@@ -40,9 +40,9 @@ from pathlib import Path
 import torch
 
 from configurator import REPO_ROOT, UsageError, build_config, parse_overrides, run_command, suggest
-from model import GPT, GPTConfig
-from train import (TrainConfig, device_name, get_batch, load_meta, load_split, make_optimizer, resolve_device,
-                   resolve_dtype, validate)
+from model import GPT
+from train import (TrainConfig, device_name, get_batch, load_meta, load_split, make_optimizer, model_config_from,
+                   resolve_device, resolve_dtype, validate)
 
 # Dense bf16 tensor-core peaks, from the vendors' datasheets (SXM parts; H200 has H100's compute).
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
@@ -143,9 +143,7 @@ def build_trainer(cfg: TrainConfig, vocab_size: int, device: str, fast: bool):
         torch.backends.cuda.matmul.allow_tf32 = fast
         torch.backends.cudnn.allow_tf32 = fast
     torch.manual_seed(cfg.seed)
-    model_config = GPTConfig(block_size=cfg.block_size, vocab_size=vocab_size, n_layer=cfg.n_layer,
-                             n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=cfg.dropout, bias=cfg.bias)
-    raw_model = GPT(model_config).to(device)
+    raw_model = GPT(model_config_from(cfg, vocab_size)).to(device)
     optimizer = make_optimizer(raw_model, cfg.learning_rate, cfg.weight_decay, (cfg.beta1, cfg.beta2),
                                fused=fast and device_type in ("cuda", "cpu"))
     ptdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
@@ -232,9 +230,7 @@ def time_sampling(cfg: TrainConfig, options: BenchOptions, vocab_size: int, devi
     KV cache, each repeat interleaved. The weights are the config's random initial ones: the work per token is the
     same as a trained model's."""
     torch.manual_seed(cfg.seed)
-    model_config = GPTConfig(block_size=cfg.block_size, vocab_size=vocab_size, n_layer=cfg.n_layer,
-                             n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=0.0, bias=cfg.bias)
-    model = GPT(model_config).to(device).eval()
+    model = GPT(model_config_from(cfg, vocab_size)).to(device).eval()  # eval: no dropout
     prompt = torch.zeros((options.num_samples, 1), dtype=torch.long, device=device)
     seconds = {True: [], False: []}
     with torch.inference_mode():

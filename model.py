@@ -23,6 +23,17 @@ class GPTConfig:
     n_embd: int = 384  # width of the residual stream
     dropout: float = 0.0  # dropout probability in training
     bias: bool = False  # biases in Linear and LayerNorm layers (GPT-2 had them; without is a little faster)
+    norm: str = "layernorm"  # layernorm (GPT-2) or rmsnorm (scales by the root mean square only: no centring)
+    qk_norm: bool = False  # normalise each head's queries and keys before attention, which bounds the logits
+    tie_weights: bool = True  # the output layer reuses the token embedding's weights
+
+
+def make_norm(config: GPTConfig, dim: int) -> nn.Module:
+    """The normalisation layer the config asks for, over the last dimension of size dim."""
+    if config.norm == "rmsnorm":
+        return nn.RMSNorm(dim)
+    assert config.norm == "layernorm", f"unknown norm {config.norm!r}"
+    return nn.LayerNorm(dim, bias=config.bias)
 
 
 class KVCache:
@@ -65,6 +76,9 @@ class CausalSelfAttention(nn.Module):
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)  # q, k, v for all heads at once
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
+        hs = config.n_embd // config.n_head
+        self.q_norm = make_norm(config, hs) if config.qk_norm else nn.Identity()  # one gain per head dimension
+        self.k_norm = make_norm(config, hs) if config.qk_norm else nn.Identity()
 
     def forward(self, x, cache: KVCache | None = None, layer: int = 0):
         B, T, C = x.size()  # batch, sequence length, n_embd
@@ -73,6 +87,7 @@ class CausalSelfAttention(nn.Module):
         q = q.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
         v = v.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
+        q, k = self.q_norm(q), self.k_norm(k)  # before the cache: cached keys are normalised already
         has_past = cache is not None and len(cache) > 0
         if has_past:
             # Decoding one new position: it may attend to every cached position, so no mask is needed.
@@ -103,9 +118,9 @@ class Block(nn.Module):
 
     def __init__(self, config: GPTConfig):
         super().__init__()
-        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_1 = make_norm(config, config.n_embd)
         self.attn = CausalSelfAttention(config)
-        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_2 = make_norm(config, config.n_embd)
         self.mlp = MLP(config)
 
     def forward(self, x, cache: KVCache | None = None, layer: int = 0):
@@ -124,11 +139,12 @@ class GPT(nn.Module):
             wpe=nn.Embedding(config.block_size, config.n_embd),  # learned position embedding
             drop=nn.Dropout(config.dropout),
             h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
-            ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
+            ln_f=make_norm(config, config.n_embd),
         ))
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
-        # Weight tying: the output layer reuses the token embedding, which saves parameters and helps small models.
-        self.lm_head.weight = self.transformer.wte.weight
+        if config.tie_weights:
+            # The output layer reuses the token embedding, which saves parameters and helps small models.
+            self.lm_head.weight = self.transformer.wte.weight
         self.apply(self._init_weights)
         # GPT-2's scaled init: each residual branch's output projection is shrunk by 1/sqrt(2 * n_layer) so the
         # residual stream's variance does not grow with depth.
@@ -144,11 +160,13 @@ class GPT(nn.Module):
             nn.init.zeros_(module.bias)
 
     def num_params(self, non_embedding: bool = True) -> int:
-        """Parameter count. The position embedding is left out by default, as it adds no compute per token;
-        the token embedding is counted because it is also the (tied) output layer."""
-        n = sum(p.numel() for p in self.parameters())
+        """Parameter count. The embeddings are left out by default, as they add no compute per token, except the
+        token embedding when it is also the (tied) output layer."""
+        n = sum(p.numel() for p in self.parameters())  # a tied weight is one parameter, counted once
         if non_embedding:
             n -= self.transformer.wpe.weight.numel()
+            if not self.config.tie_weights:
+                n -= self.transformer.wte.weight.numel()
         return n
 
     def forward(self, idx, targets=None, cache: KVCache | None = None, label_smoothing: float = 0.0):

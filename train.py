@@ -28,7 +28,7 @@ import sys
 import threading
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Literal
 
@@ -73,6 +73,9 @@ class TrainConfig:
     n_embd: int = 384  # width of the residual stream
     dropout: float = 0.2  # dropout probability in training
     bias: bool = False  # biases in Linear and LayerNorm layers
+    norm: Literal["layernorm", "rmsnorm"] = "layernorm"  # the normalisation before each block and the output
+    qk_norm: bool = False  # normalise each head's queries and keys (with `norm`) before attention
+    tie_weights: bool = True  # the output layer reuses the token embedding's weights
     # optimizer: AdamW
     learning_rate: float = 1e-3  # peak learning rate
     max_iters: int = 5000  # optimizer steps in total
@@ -286,6 +289,12 @@ def estimate_train_loss(model, data, block_size, batch_size, n_batches, generato
 # ----------------------------------------------------------------------------------------------------------------------
 # Optimization
 
+def model_config_from(cfg: TrainConfig, vocab_size: int) -> GPTConfig:
+    """The model a run of cfg trains: the TrainConfig keys that shape it (they have the same names in GPTConfig)."""
+    shape = {f.name: getattr(cfg, f.name) for f in fields(GPTConfig) if f.name != "vocab_size"}
+    return GPTConfig(vocab_size=vocab_size, **shape)
+
+
 def get_lr(it: int, learning_rate: float, min_lr: float, warmup_iters: int, lr_decay_iters: int,
            schedule: str = "cosine", wsd_decay_fraction: float = 0.2) -> float:
     """Linear warmup for warmup_iters steps, then a decay to min_lr at lr_decay_iters, then flat at min_lr.
@@ -433,15 +442,21 @@ def from_nanogpt(ckpt: dict, path: Path) -> dict:
     }
 
 
+# The settings that give the model its weights' shapes and meaning: a checkpoint only resumes with the same ones.
+MODEL_SHAPE_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "bias", "norm", "qk_norm", "tie_weights")
+GPTCONFIG_DEFAULTS = asdict(GPTConfig())
+
+
 def check_resumable(ckpt: dict, path: Path, cfg: TrainConfig, vocab: list[str], data_info: dict) -> None:
     """Refuse to resume from a checkpoint whose model shape, vocabulary or data differ from this run's."""
     if ckpt.get("optimizer") is None:
         raise UsageError(f"{path} holds no optimizer state, so it cannot be resumed: start a new run with "
                          "--init_from=scratch")
-    saved = ckpt["model_config"]
+    # Keys added after a checkpoint was written are absent from it: it was trained with their defaults.
+    saved = GPTCONFIG_DEFAULTS | ckpt["model_config"]
     problems = [f"cannot resume from {path}: its model has {key} {saved[key]}, this run asks for "
                 f"{getattr(cfg, key)} (set --{key}={saved[key]} or start a new run)"
-                for key in ("n_layer", "n_head", "n_embd", "block_size", "bias") if saved[key] != getattr(cfg, key)]
+                for key in MODEL_SHAPE_KEYS if saved[key] != getattr(cfg, key)]
     if ckpt["vocab"] != vocab:
         problems.append(f"cannot resume from {path}: the vocabulary in {cfg.data_dir}/meta.json "
                         f"({len(vocab)} characters) differs from the checkpoint's ({len(ckpt['vocab'])}); "
@@ -763,8 +778,7 @@ def train_process(cfg: TrainConfig, argv, device: str, ddp: bool = False, rank: 
     autocast = (nullcontext() if ptdtype == torch.float32
                 else torch.autocast(device_type=device_type, dtype=ptdtype))
 
-    model_config = GPTConfig(block_size=cfg.block_size, vocab_size=len(vocab), n_layer=cfg.n_layer,
-                             n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=cfg.dropout, bias=cfg.bias)
+    model_config = model_config_from(cfg, len(vocab))
     raw_model = GPT(model_config).to(device)
     optimizer = make_optimizer(raw_model, cfg.learning_rate, cfg.weight_decay, (cfg.beta1, cfg.beta2),
                                fused=device_type in ("cuda", "cpu"))  # one kernel for all parameters

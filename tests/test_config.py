@@ -76,6 +76,7 @@ def test_values_are_converted_by_field_type(arg, key, value):
     ("--label_smoothing=1", "'label_smoothing' must be in [0, 1), got 1.0"),
     ("--lr_schedule=step", "'lr_schedule' on the command line must be 'cosine' or 'linear' or 'constant' or 'wsd'"),
     ("--wsd_decay_fraction=0", "'wsd_decay_fraction' must be in (0, 1], got 0.0"),
+    ("--norm=batchnorm", "'norm' on the command line must be 'layernorm' or 'rmsnorm', got 'batchnorm'"),
 ])
 def test_bad_values_are_refused_naming_the_key(arg, message):
     assert any(p.startswith(message) for p in problems_of([arg])), problems_of([arg])

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from model import GPT, GPTConfig
+from model import GPT, GPTConfig, KVCache
 
 
 def tiny_model(**overrides) -> GPT:
@@ -51,7 +51,6 @@ def test_kv_cache_generation_matches_full_recompute_greedy():
 
 
 def test_kv_cache_logits_match_full_forward():
-    from model import KVCache
     model = tiny_model()
     idx = torch.randint(11, (2, 16))
     full, _ = model(idx)
@@ -102,3 +101,32 @@ def test_tiny_model_overfits_one_batch():
         loss.backward()
         optimizer.step()
     assert loss.item() < 0.05, f"loss {loss.item():.3f} after 150 steps on one batch"
+
+
+ARCHITECTURES = [dict(norm="rmsnorm"), dict(qk_norm=True), dict(norm="rmsnorm", qk_norm=True), dict(tie_weights=False)]
+
+
+@pytest.mark.parametrize("options", ARCHITECTURES, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()))
+def test_every_architecture_option_stays_causal_and_caches_exactly(options):
+    model = tiny_model(**options)
+    idx = torch.randint(11, (2, 16))
+    changed = idx.clone()
+    changed[:, 9] = (changed[:, 9] + 1) % 11
+    before, after = model(idx)[0], model(changed)[0]
+    torch.testing.assert_close(before[:, :9], after[:, :9], rtol=0, atol=1e-6)
+    cache = KVCache(model.config.n_layer)
+    steps = [model(idx[:, :5], cache=cache)[0]] + [model(idx[:, t:t + 1], cache=cache)[0] for t in range(5, 16)]
+    torch.testing.assert_close(torch.cat(steps, dim=1), before, rtol=1e-5, atol=1e-5)
+
+
+def test_the_options_build_what_they_name():
+    rms = tiny_model(norm="rmsnorm", qk_norm=True)
+    assert isinstance(rms.transformer.ln_f, torch.nn.RMSNorm)
+    assert isinstance(rms.transformer.h[0].attn.q_norm, torch.nn.RMSNorm)
+    assert rms.transformer.h[0].attn.q_norm.weight.shape == (16,)  # one gain per head dimension (32 / 2 heads)
+    tied, untied = tiny_model(), tiny_model(tie_weights=False)
+    assert tied.lm_head.weight is tied.transformer.wte.weight
+    assert untied.lm_head.weight is not untied.transformer.wte.weight
+    total = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert total(untied) - total(tied) == 11 * 32  # a second (vocab, n_embd) matrix
+    assert untied.num_params() == tied.num_params()  # the extra matrix is an embedding: no compute per token

@@ -1,5 +1,6 @@
 import json
 import math
+import shutil
 import signal
 import subprocess
 import sys
@@ -280,9 +281,23 @@ def test_perplexity_of_a_far_from_trained_model_is_infinite_not_an_error():
     assert train.perplexity(1e4) == float("inf")  # math.exp would overflow here
 
 
-def test_a_run_with_a_constant_rate_and_label_smoothing_learns(tiny_data, tmp_path):
+def test_a_run_with_the_non_default_options_learns_and_samples(tiny_data, tmp_path):
     out = tmp_path / "run"
-    train.main(tiny_train_args(tiny_data, out, lr_schedule="constant", label_smoothing=0.1))
+    train.main(tiny_train_args(tiny_data, out, lr_schedule="constant", label_smoothing=0.1, norm="rmsnorm",
+                               qk_norm="true", tie_weights="false"))
     metrics = read_metrics(out)
     assert {m["lr"] for m in metrics if m["iter"] > 5} == {3e-3}  # warmup is 5 steps; no decay after it
     assert metrics[-1]["val_loss"] < metrics[0]["val_loss"] - 0.5  # plain cross-entropy, lower than at the start
+    (text,) = sample.main([f"--out_dir={out}", "--num_samples=1", "--max_new_tokens=20", "--device=cpu"])
+    assert len(text) == 21  # the checkpoint rebuilds the same architecture
+
+
+def test_resume_with_another_architecture_option_is_refused(tiny_run, tiny_data, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    with pytest.raises(SystemExit):
+        train.main(tiny_train_args(tiny_data, run, init_from="resume", max_iters=60, norm="rmsnorm",
+                                   tie_weights="false"))
+    err = capsys.readouterr().err
+    assert "its model has norm layernorm, this run asks for rmsnorm (set --norm=layernorm" in err
+    assert "its model has tie_weights True, this run asks for False" in err
