@@ -26,6 +26,8 @@ class GPTConfig:
     norm: str = "layernorm"  # layernorm (GPT-2) or rmsnorm (scales by the root mean square only: no centring)
     qk_norm: bool = False  # normalise each head's queries and keys before attention, which bounds the logits
     tie_weights: bool = True  # the output layer reuses the token embedding's weights
+    mlp: str = "gelu"  # gelu (GPT-2), relu2 (ReLU squared) or swiglu (a SiLU-gated linear unit)
+    position_encoding: str = "learned"  # learned (GPT-2), sinusoidal (fixed, Vaswani et al.) or rope (rotary)
 
 
 def make_norm(config: GPTConfig, dim: int) -> nn.Module:
@@ -34,6 +36,21 @@ def make_norm(config: GPTConfig, dim: int) -> nn.Module:
         return nn.RMSNorm(dim)
     assert config.norm == "layernorm", f"unknown norm {config.norm!r}"
     return nn.LayerNorm(dim, bias=config.bias)
+
+
+def sinusoid_angles(n_positions: int, dim: int) -> torch.Tensor:
+    """(n_positions, dim // 2): position p times the frequencies 10000^(-2i/dim), i = 0 .. dim/2 - 1, the wavelengths
+    growing geometrically from 2 pi to 10000 * 2 pi."""
+    frequencies = 10000.0 ** (-torch.arange(0, dim, 2, dtype=torch.float32) / dim)  # (dim/2,)
+    return torch.outer(torch.arange(n_positions, dtype=torch.float32), frequencies)
+
+
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotary position embedding: each pair (x_i, x_{i + hs/2}) of x (B, nh, T, hs) turned by its position's angle
+    (cos, sin: (T, hs/2)). A query and a key then meet at an angle that depends only on how far apart they are."""
+    x1, x2 = x.chunk(2, dim=-1)  # (B, nh, T, hs/2) each
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)  # under autocast, q and k must keep v's dtype
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
 
 
 class KVCache:
@@ -77,17 +94,23 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
         hs = config.n_embd // config.n_head
-        self.q_norm = make_norm(config, hs) if config.qk_norm else nn.Identity()  # one gain per head dimension
-        self.k_norm = make_norm(config, hs) if config.qk_norm else nn.Identity()
+        self.qk_norm = config.qk_norm
+        if config.qk_norm:
+            self.q_norm = make_norm(config, hs)  # one gain per head dimension
+            self.k_norm = make_norm(config, hs)
 
-    def forward(self, x, cache: KVCache | None = None, layer: int = 0):
+    def forward(self, x, cache: KVCache | None = None, layer: int = 0, rotary=None):
         B, T, C = x.size()  # batch, sequence length, n_embd
         q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
         hs = C // self.n_head
         q = q.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
         v = v.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
-        q, k = self.q_norm(q), self.k_norm(k)  # before the cache: cached keys are normalised already
+        if self.qk_norm:  # before the cache: cached keys are normalised already
+            # In float32: under autocast q and k are bf16, and RMSNorm's float32 gain would then take a slow path.
+            q, k = self.q_norm(q.float()).to(v.dtype), self.k_norm(k.float()).to(v.dtype)
+        if rotary is not None:  # (cos, sin) of these T positions, for position_encoding = rope
+            q, k = rotate(q, *rotary), rotate(k, *rotary)
         has_past = cache is not None and len(cache) > 0
         if has_past:
             # Decoding one new position: it may attend to every cached position, so no mask is needed.
@@ -101,16 +124,30 @@ class CausalSelfAttention(nn.Module):
 
 
 class MLP(nn.Module):
+    """n_embd -> hidden -> n_embd. gelu and relu2 have two matrices and hidden = 4 n_embd. swiglu has three (its
+    c_fc makes a gate and a value), so its hidden width is 8/3 n_embd, rounded down to a multiple of 8: about the
+    same parameters and compute as the others."""
 
     def __init__(self, config: GPTConfig):
         super().__init__()
-        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
-        self.gelu = nn.GELU()
-        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.kind = config.mlp
+        assert self.kind in ("gelu", "relu2", "swiglu"), f"unknown mlp {self.kind!r}"
+        hidden = 4 * config.n_embd if self.kind != "swiglu" else 8 * config.n_embd // 3 // 8 * 8
+        fc_out = 2 * hidden if self.kind == "swiglu" else hidden
+        self.c_fc = nn.Linear(config.n_embd, fc_out, bias=config.bias)
+        self.c_proj = nn.Linear(hidden, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x):
-        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+        h = self.c_fc(x)  # (B, T, hidden), or (B, T, 2 * hidden) for swiglu
+        if self.kind == "swiglu":
+            gate, value = h.chunk(2, dim=-1)
+            h = F.silu(gate) * value
+        elif self.kind == "relu2":
+            h = F.relu(h).square()
+        else:
+            h = F.gelu(h)
+        return self.dropout(self.c_proj(h))
 
 
 class Block(nn.Module):
@@ -123,8 +160,8 @@ class Block(nn.Module):
         self.ln_2 = make_norm(config, config.n_embd)
         self.mlp = MLP(config)
 
-    def forward(self, x, cache: KVCache | None = None, layer: int = 0):
-        x = x + self.attn(self.ln_1(x), cache, layer)
+    def forward(self, x, cache: KVCache | None = None, layer: int = 0, rotary=None):
+        x = x + self.attn(self.ln_1(x), cache, layer, rotary)
         x = x + self.mlp(self.ln_2(x))
         return x
 
@@ -134,13 +171,25 @@ class GPT(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.config = config
+        assert config.position_encoding in ("learned", "sinusoidal", "rope"), \
+            f"unknown position_encoding {config.position_encoding!r}"
+        learned = config.position_encoding == "learned"
+        # The modules' order fixes the parameters' order, which an optimizer state follows: wpe stays second.
         self.transformer = nn.ModuleDict(dict(
             wte=nn.Embedding(config.vocab_size, config.n_embd),  # token embedding
-            wpe=nn.Embedding(config.block_size, config.n_embd),  # learned position embedding
+            **({"wpe": nn.Embedding(config.block_size, config.n_embd)} if learned else {}),  # learned positions
             drop=nn.Dropout(config.dropout),
             h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
             ln_f=make_norm(config, config.n_embd),
         ))
+        if config.position_encoding == "sinusoidal":  # fixed, so a buffer rebuilt on load rather than saved
+            angles = sinusoid_angles(config.block_size, config.n_embd)  # (block, C/2)
+            table = torch.stack([angles.sin(), angles.cos()], dim=-1).flatten(1)  # sin, cos interleaved: (block, C)
+            self.register_buffer("wpe_sinusoidal", table, persistent=False)
+        elif config.position_encoding == "rope":
+            angles = sinusoid_angles(config.block_size, config.n_embd // config.n_head)  # (block, hs/2)
+            self.register_buffer("rope_cos", angles.cos(), persistent=False)
+            self.register_buffer("rope_sin", angles.sin(), persistent=False)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         if config.tie_weights:
             # The output layer reuses the token embedding, which saves parameters and helps small models.
@@ -164,7 +213,8 @@ class GPT(nn.Module):
         token embedding when it is also the (tied) output layer."""
         n = sum(p.numel() for p in self.parameters())  # a tied weight is one parameter, counted once
         if non_embedding:
-            n -= self.transformer.wpe.weight.numel()
+            if "wpe" in self.transformer:
+                n -= self.transformer.wpe.weight.numel()
             if not self.config.tie_weights:
                 n -= self.transformer.wte.weight.numel()
         return n
@@ -180,9 +230,17 @@ class GPT(nn.Module):
         assert start + T <= self.config.block_size, \
             f"sequence of {start + T} tokens is longer than block_size {self.config.block_size}"
         pos = torch.arange(start, start + T, dtype=torch.long, device=idx.device)  # (T,)
-        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))  # (B, T, C)
+        x = self.transformer.wte(idx)  # (B, T, C)
+        rotary = None
+        if self.config.position_encoding == "learned":
+            x = x + self.transformer.wpe(pos)
+        elif self.config.position_encoding == "sinusoidal":
+            x = x + self.wpe_sinusoidal[pos].to(x.dtype)
+        else:
+            rotary = (self.rope_cos[pos], self.rope_sin[pos])  # (T, hs/2) each; applied in every attention layer
+        x = self.transformer.drop(x)
         for i, block in enumerate(self.transformer.h):
-            x = block(x, cache, i)
+            x = block(x, cache, i, rotary)
         if cache is not None:
             cache.advance(T)
         x = self.transformer.ln_f(x)

@@ -76,6 +76,8 @@ class TrainConfig:
     norm: Literal["layernorm", "rmsnorm"] = "layernorm"  # the normalisation before each block and the output
     qk_norm: bool = False  # normalise each head's queries and keys (with `norm`) before attention
     tie_weights: bool = True  # the output layer reuses the token embedding's weights
+    mlp: Literal["gelu", "relu2", "swiglu"] = "gelu"  # the MLP's nonlinearity; swiglu is 8/3 as wide, for equal params
+    position_encoding: Literal["learned", "sinusoidal", "rope"] = "learned"  # how the model knows where a token is
     # optimizer: AdamW
     learning_rate: float = 1e-3  # peak learning rate
     max_iters: int = 5000  # optimizer steps in total
@@ -108,6 +110,10 @@ def validate(cfg: TrainConfig) -> None:
     if cfg.n_head > 0 and cfg.n_embd % cfg.n_head != 0:
         problems.append(f"'n_embd' ({cfg.n_embd}) must be divisible by 'n_head' ({cfg.n_head}): "
                         f"each head gets n_embd / n_head dimensions")
+    if cfg.position_encoding == "rope" and cfg.n_head > 0 and cfg.n_embd % cfg.n_head == 0 \
+            and (cfg.n_embd // cfg.n_head) % 2:
+        problems.append(f"position_encoding 'rope' turns pairs of dimensions, so each head needs an even size: "
+                        f"n_embd / n_head is {cfg.n_embd // cfg.n_head}")
     if not 0 <= cfg.label_smoothing < 1:
         problems.append(f"'label_smoothing' must be in [0, 1), got {cfg.label_smoothing}")
     if not 0 < cfg.wsd_decay_fraction <= 1:
@@ -443,7 +449,8 @@ def from_nanogpt(ckpt: dict, path: Path) -> dict:
 
 
 # The settings that give the model its weights' shapes and meaning: a checkpoint only resumes with the same ones.
-MODEL_SHAPE_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "bias", "norm", "qk_norm", "tie_weights")
+MODEL_SHAPE_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "bias", "norm", "qk_norm", "tie_weights", "mlp",
+                    "position_encoding")
 GPTCONFIG_DEFAULTS = asdict(GPTConfig())
 
 

@@ -77,9 +77,11 @@ def test_values_are_converted_by_field_type(arg, key, value):
     ("--lr_schedule=step", "'lr_schedule' on the command line must be 'cosine' or 'linear' or 'constant' or 'wsd'"),
     ("--wsd_decay_fraction=0", "'wsd_decay_fraction' must be in (0, 1], got 0.0"),
     ("--norm=batchnorm", "'norm' on the command line must be 'layernorm' or 'rmsnorm', got 'batchnorm'"),
+    ("--position_encoding=rope --n_embd=30 --n_head=2",
+     "position_encoding 'rope' turns pairs of dimensions, so each head needs an even size: n_embd / n_head is 15"),
 ])
 def test_bad_values_are_refused_naming_the_key(arg, message):
-    assert any(p.startswith(message) for p in problems_of([arg])), problems_of([arg])
+    assert any(p.startswith(message) for p in problems_of(arg.split())), problems_of(arg.split())
 
 
 def test_wrong_type_in_file_is_refused(tmp_path):

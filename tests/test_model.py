@@ -103,7 +103,9 @@ def test_tiny_model_overfits_one_batch():
     assert loss.item() < 0.05, f"loss {loss.item():.3f} after 150 steps on one batch"
 
 
-ARCHITECTURES = [dict(norm="rmsnorm"), dict(qk_norm=True), dict(norm="rmsnorm", qk_norm=True), dict(tie_weights=False)]
+ARCHITECTURES = [dict(norm="rmsnorm"), dict(qk_norm=True), dict(norm="rmsnorm", qk_norm=True), dict(tie_weights=False),
+                 dict(mlp="relu2"), dict(mlp="swiglu"), dict(position_encoding="sinusoidal"),
+                 dict(position_encoding="rope"), dict(position_encoding="rope", qk_norm=True, mlp="swiglu")]
 
 
 @pytest.mark.parametrize("options", ARCHITECTURES, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()))
@@ -130,3 +132,22 @@ def test_the_options_build_what_they_name():
     total = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
     assert total(untied) - total(tied) == 11 * 32  # a second (vocab, n_embd) matrix
     assert untied.num_params() == tied.num_params()  # the extra matrix is an embedding: no compute per token
+
+
+def test_swiglu_keeps_the_parameter_count_and_positions_need_no_weights_but_learned():
+    params = lambda **o: sum(p.numel() for p in tiny_model(n_embd=48, **o).transformer.h.parameters())  # noqa: E731
+    assert abs(params(mlp="swiglu") / params() - 1) < 0.05  # hidden 128 = 8/3 * 48 (rounded to 8s) vs 4 * 48
+    assert params(mlp="relu2") == params()
+    learned, rope, sinusoidal = (tiny_model(position_encoding=p) for p in ("learned", "rope", "sinusoidal"))
+    assert "transformer.wpe.weight" in learned.state_dict()
+    assert not any("wpe" in k or "rope" in k for k in (*rope.state_dict(), *sinusoidal.state_dict()))
+
+
+def test_rope_attention_depends_only_on_relative_position():
+    from model import rotate, sinusoid_angles
+    angles = sinusoid_angles(16, 8)
+    q, k = torch.randn(1, 1, 1, 8), torch.randn(1, 1, 1, 8)
+    score = lambda i, j: (rotate(q, angles[i].cos(), angles[i].sin()) *  # noqa: E731
+                          rotate(k, angles[j].cos(), angles[j].sin())).sum()
+    torch.testing.assert_close(score(5, 2), score(13, 10))  # both 3 apart
+    assert not torch.allclose(score(5, 2), score(5, 4))

@@ -284,7 +284,8 @@ def test_perplexity_of_a_far_from_trained_model_is_infinite_not_an_error():
 def test_a_run_with_the_non_default_options_learns_and_samples(tiny_data, tmp_path):
     out = tmp_path / "run"
     train.main(tiny_train_args(tiny_data, out, lr_schedule="constant", label_smoothing=0.1, norm="rmsnorm",
-                               qk_norm="true", tie_weights="false"))
+                               qk_norm="true", tie_weights="false", mlp="swiglu", position_encoding="rope",
+                               dtype="bfloat16"))  # bf16 autocast: rope's tables must follow q's dtype
     metrics = read_metrics(out)
     assert {m["lr"] for m in metrics if m["iter"] > 5} == {3e-3}  # warmup is 5 steps; no decay after it
     assert metrics[-1]["val_loss"] < metrics[0]["val_loss"] - 0.5  # plain cross-entropy, lower than at the start
