@@ -33,7 +33,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -41,8 +40,8 @@ import torch
 
 from configurator import REPO_ROOT, UsageError, build_config, parse_overrides, run_command, suggest
 from model import GPT
-from train import (TrainConfig, device_name, get_batch, load_meta, load_split, make_optimizer, model_config_from,
-                   resolve_device, resolve_dtype, validate)
+from train import (TrainConfig, device_name, get_batch, load_meta, load_split, make_optimizer, mixed_precision,
+                   model_config_from, optimizer_step, resolve_device, resolve_dtype, validate)
 
 # Dense bf16 tensor-core peaks, from the vendors' datasheets (SXM parts; H200 has H100's compute).
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
@@ -146,9 +145,7 @@ def build_trainer(cfg: TrainConfig, vocab_size: int, device: str, fast: bool):
     raw_model = GPT(model_config_from(cfg, vocab_size)).to(device)
     optimizer = make_optimizer(raw_model, cfg.learning_rate, cfg.weight_decay, (cfg.beta1, cfg.beta2),
                                fused=fast and device_type in ("cuda", "cpu"))
-    ptdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
-    autocast = nullcontext() if ptdtype == torch.float32 else torch.autocast(device_type, dtype=ptdtype)
-    scaler = torch.amp.GradScaler(device_type, enabled=ptdtype == torch.float16)
+    autocast, scaler = mixed_precision(device_type, dtype)
     model = torch.compile(raw_model) if use_compile else raw_model
     setup = {"dtype": dtype, "compile": use_compile}
     return raw_model, model, optimizer, scaler, autocast, setup
@@ -161,12 +158,7 @@ def training_step(model, raw_model, optimizer, scaler, autocast, cfg: TrainConfi
         with autocast:
             _, loss = model(x, y, label_smoothing=cfg.label_smoothing)
         scaler.scale(loss / cfg.gradient_accumulation_steps).backward()
-    if cfg.grad_clip > 0:
-        scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.grad_clip)
-    scaler.step(optimizer)
-    scaler.update()
-    optimizer.zero_grad(set_to_none=True)
+    optimizer_step(optimizer, scaler, raw_model.parameters(), cfg.grad_clip)
 
 
 def time_steps(cfg: TrainConfig, options: BenchOptions, train_data, vocab_size: int, device: str,

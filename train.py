@@ -324,6 +324,24 @@ def get_lr(it: int, learning_rate: float, min_lr: float, warmup_iters: int, lr_d
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (learning_rate - min_lr)
 
 
+def mixed_precision(device_type: str, dtype: str):
+    """(autocast context, grad scaler) for training in dtype; the scaler only does anything for float16, whose
+    small range needs the loss scaled up so that small gradients do not round to zero."""
+    ptdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+    autocast = nullcontext() if ptdtype == torch.float32 else torch.autocast(device_type=device_type, dtype=ptdtype)
+    return autocast, torch.amp.GradScaler(device_type, enabled=ptdtype == torch.float16)
+
+
+def optimizer_step(optimizer, scaler, params, grad_clip: float) -> None:
+    """Apply the accumulated gradients: unscale, clip their norm to grad_clip (0 = no clipping), step, clear."""
+    if grad_clip > 0:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+
+
 def make_optimizer(model, learning_rate, weight_decay, betas, fused: bool) -> torch.optim.AdamW:
     """AdamW with weight decay on matrices (embeddings, Linear weights) only, not on biases and LayerNorm gains."""
     params = [p for p in model.parameters() if p.requires_grad]
@@ -781,15 +799,12 @@ def train_process(cfg: TrainConfig, argv, device: str, ddp: bool = False, rank: 
     if device_type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matmuls for any float32 work left outside autocast
         torch.backends.cudnn.allow_tf32 = True
-    ptdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
-    autocast = (nullcontext() if ptdtype == torch.float32
-                else torch.autocast(device_type=device_type, dtype=ptdtype))
+    autocast, scaler = mixed_precision(device_type, dtype)
 
     model_config = model_config_from(cfg, len(vocab))
     raw_model = GPT(model_config).to(device)
     optimizer = make_optimizer(raw_model, cfg.learning_rate, cfg.weight_decay, (cfg.beta1, cfg.beta2),
                                fused=device_type in ("cuda", "cpu"))  # one kernel for all parameters
-    scaler = torch.amp.GradScaler(device_type, enabled=ptdtype == torch.float16)
     iter_num, best_val_loss, best_iter, tokens_seen, elapsed_before = 0, float("inf"), None, 0, 0.0
     evals_since_best = 0  # for early stopping
     if ckpt is not None:
@@ -941,7 +956,12 @@ def train_process(cfg: TrainConfig, argv, device: str, ddp: bool = False, rank: 
             if last_step:
                 break
             # Under DDP a signal may reach some ranks only, or reach them at different steps: they stop together.
-            if any_rank(stop.requested, control_group) if ddp else stop.requested:
+            # Agreeing is a round trip between the processes, so it happens once per log_interval, like the loss read.
+            if ddp:
+                stopping = iter_num % cfg.log_interval == 0 and any_rank(stop.requested, control_group)
+            else:
+                stopping = stop.requested
+            if stopping:
                 if master_process:
                     save_atomic(checkpoint_state(with_optimizer=True), out_dir / "ckpt.pt")
                 stop_reason = "interrupted"
@@ -968,12 +988,7 @@ def train_process(cfg: TrainConfig, argv, device: str, ddp: bool = False, rank: 
                     # Average over this rank's micro-batches, and DDP averages over the ranks: the gradient of the
                     # step's micro-batches as one big batch.
                     scaler.scale(loss / micro_steps).backward()
-            if cfg.grad_clip > 0:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
+            optimizer_step(optimizer, scaler, raw_model.parameters(), cfg.grad_clip)
             iter_num += 1
             tokens_seen += tokens_per_iter
 
