@@ -40,8 +40,8 @@ import torch
 
 from configurator import REPO_ROOT, UsageError, build_config, parse_overrides, run_command, suggest
 from model import GPT
-from train import (TrainConfig, device_name, get_batch, load_meta, load_split, make_optimizer, mixed_precision,
-                   model_config_from, optimizer_step, resolve_device, resolve_dtype, validate)
+from train import (TrainConfig, device_name, get_batch, l1_norm, load_meta, load_split, make_optimizer,
+                   mixed_precision, model_config_from, optimizer_step, resolve_device, resolve_dtype, validate)
 
 # Dense bf16 tensor-core peaks, from the vendors' datasheets (SXM parts; H200 has H100's compute).
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
@@ -144,7 +144,8 @@ def build_trainer(cfg: TrainConfig, vocab_size: int, device: str, fast: bool):
     torch.manual_seed(cfg.seed)
     raw_model = GPT(model_config_from(cfg, vocab_size)).to(device)
     optimizer = make_optimizer(raw_model, cfg.learning_rate, cfg.weight_decay, (cfg.beta1, cfg.beta2),
-                               fused=fast and device_type in ("cuda", "cpu"))
+                               fused=fast and device_type in ("cuda", "cpu"), kind=cfg.optimizer,
+                               momentum=cfg.momentum, nesterov=cfg.nesterov, muon_learning_rate=cfg.muon_learning_rate)
     autocast, scaler = mixed_precision(device_type, dtype)
     model = torch.compile(raw_model) if use_compile else raw_model
     setup = {"dtype": dtype, "compile": use_compile}
@@ -152,11 +153,14 @@ def build_trainer(cfg: TrainConfig, vocab_size: int, device: str, fast: bool):
 
 
 def training_step(model, raw_model, optimizer, scaler, autocast, cfg: TrainConfig, train_data, generator) -> None:
-    """One optimizer step as train.py takes it, learning-rate schedule aside (it costs nothing)."""
+    """One optimizer step as train.py takes it, without the learning-rate schedule (it costs nothing) and the weight
+    average of ema (one multiply-add per weight)."""
     for _ in range(cfg.gradient_accumulation_steps):
         x, y = get_batch(train_data, cfg.block_size, cfg.batch_size, generator)
         with autocast:
             _, loss = model(x, y, label_smoothing=cfg.label_smoothing)
+        if cfg.l1 > 0:
+            loss = loss + cfg.l1 * l1_norm([p for p in raw_model.parameters() if p.dim() >= 2])
         scaler.scale(loss / cfg.gradient_accumulation_steps).backward()
     optimizer_step(optimizer, scaler, raw_model.parameters(), cfg.grad_clip)
 

@@ -14,6 +14,7 @@ the CPU (gloo). gradient_accumulation_steps stays the global number of micro-bat
 among the processes, so the run trains the same model as one process would; only rank 0 writes out_dir and prints.
 """
 
+import copy
 import errno
 import hashlib
 import json
@@ -41,6 +42,7 @@ from tqdm import tqdm
 
 from configurator import REPO_ROOT, UsageError, build_config, ensure_dir, parse_overrides, run_command, split_argv
 from model import GPT, GPTConfig
+from optim import Muon
 
 CHECKPOINT_FORMAT_VERSION = 1
 OVERFIT_MARGIN = 0.01  # nats the val loss may rise after its best before summary.json flags the run as overfitting
@@ -78,13 +80,19 @@ class TrainConfig:
     tie_weights: bool = True  # the output layer reuses the token embedding's weights
     mlp: Literal["gelu", "relu2", "swiglu"] = "gelu"  # the MLP's nonlinearity; swiglu is 8/3 as wide, for equal params
     position_encoding: Literal["learned", "sinusoidal", "rope"] = "learned"  # how the model knows where a token is
-    # optimizer: AdamW
-    learning_rate: float = 1e-3  # peak learning rate
+    # optimizer
+    optimizer: Literal["adamw", "sgd", "muon"] = "adamw"  # muon: Muon for the blocks' matrices, AdamW for the rest
+    learning_rate: float = 1e-3  # peak learning rate (with muon: of the AdamW part)
     max_iters: int = 5000  # optimizer steps in total
-    weight_decay: float = 0.1  # decoupled weight decay, applied to weight matrices only
+    weight_decay: float = 0.1  # decoupled weight decay, applied to weight matrices only (sgd: classic L2)
     beta1: float = 0.9  # AdamW beta1
     beta2: float = 0.99  # AdamW beta2
+    momentum: float = 0.9  # sgd and muon: momentum coefficient
+    nesterov: bool = True  # sgd and muon: Nesterov momentum (look ahead along the momentum)
+    muon_learning_rate: float = 0.02  # muon: peak learning rate of the blocks' weight matrices
     grad_clip: float = 1.0  # clip the gradient norm to this; 0 = no clipping
+    l1: float = 0.0  # L1 penalty coefficient on the weight matrices, added to the training loss; 0 = off
+    ema: float = 0.0  # decay of an exponential moving average of the weights, evaluated and saved instead; 0 = off
     label_smoothing: float = 0.0  # share of each target's probability spread over all characters in training; 0 = off
     # learning-rate schedule: linear warmup, then a decay to min_lr
     lr_schedule: Literal["cosine", "linear", "constant", "wsd"] = "cosine"  # the decay's shape (wsd: flat, then linear)
@@ -104,7 +112,7 @@ def validate(cfg: TrainConfig) -> None:
                 "eval_interval", "eval_iters", "log_interval"):
         if getattr(cfg, key) <= 0:
             problems.append(f"'{key}' must be a positive integer, got {getattr(cfg, key)}")
-    for key in ("max_iters", "warmup_iters", "min_lr", "weight_decay", "grad_clip", "early_stop_patience"):
+    for key in ("max_iters", "warmup_iters", "min_lr", "weight_decay", "grad_clip", "early_stop_patience", "l1"):
         if getattr(cfg, key) < 0:
             problems.append(f"'{key}' must be >= 0, got {getattr(cfg, key)}")
     if cfg.n_head > 0 and cfg.n_embd % cfg.n_head != 0:
@@ -124,9 +132,14 @@ def validate(cfg: TrainConfig) -> None:
         problems.append(f"'learning_rate' must be > 0, got {cfg.learning_rate}")
     elif cfg.min_lr > cfg.learning_rate:
         problems.append(f"'min_lr' ({cfg.min_lr}) must not exceed 'learning_rate' ({cfg.learning_rate})")
-    for key in ("beta1", "beta2"):
+    for key in ("beta1", "beta2", "momentum", "ema"):
         if not 0 <= getattr(cfg, key) < 1:
             problems.append(f"'{key}' must be in [0, 1), got {getattr(cfg, key)}")
+    if cfg.optimizer in ("sgd", "muon") and cfg.nesterov and cfg.momentum == 0:
+        problems.append(f"'nesterov' needs momentum: set --momentum above 0 (e.g. 0.9) or --nesterov=false "
+                        f"for plain {cfg.optimizer}")
+    if not cfg.muon_learning_rate > 0:
+        problems.append(f"'muon_learning_rate' must be > 0, got {cfg.muon_learning_rate}")
     if cfg.lr_decay_iters < -1:
         problems.append(f"'lr_decay_iters' must be >= 0, or -1 for max_iters; got {cfg.lr_decay_iters}")
     device = cfg.device
@@ -342,13 +355,52 @@ def optimizer_step(optimizer, scaler, params, grad_clip: float) -> None:
     optimizer.zero_grad(set_to_none=True)
 
 
-def make_optimizer(model, learning_rate, weight_decay, betas, fused: bool) -> torch.optim.AdamW:
-    """AdamW with weight decay on matrices (embeddings, Linear weights) only, not on biases and LayerNorm gains."""
+def make_optimizer(model, learning_rate, weight_decay, betas, fused: bool, kind: str = "adamw",
+                   momentum: float = 0.9, nesterov: bool = True, muon_learning_rate: float = 0.02):
+    """The optimizer `kind` (adamw, sgd or muon), with weight decay on matrices (embeddings, Linear weights) only,
+    not on biases and norm gains.
+
+    Each parameter group carries lr_scale: its peak learning rate over learning_rate, which the training loop
+    multiplies the scheduled rate by. Only Muon's group differs from 1 (muon_learning_rate / learning_rate)."""
     params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in params if p.dim() >= 2]
     no_decay = [p for p in params if p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if kind == "muon":
+        # Muon takes the matrices inside the transformer blocks; the embeddings (and the output layer, tied to or
+        # beside them) keep AdamW.
+        hidden_ids = {id(p) for name, p in model.named_parameters() if ".h." in f".{name}" and p.dim() == 2}
+        hidden = [p for p in decay if id(p) in hidden_ids]
+        groups = [{"params": hidden, "weight_decay": weight_decay, "use_muon": True,
+                   "lr": muon_learning_rate, "lr_scale": muon_learning_rate / learning_rate},
+                  {"params": [p for p in decay if id(p) not in hidden_ids], "weight_decay": weight_decay},
+                  {"params": no_decay, "weight_decay": 0.0}]
+        groups = [g | {"lr_scale": g.get("lr_scale", 1.0)} for g in groups if g["params"]]
+        return Muon(groups, lr=learning_rate, momentum=momentum, nesterov=nesterov, betas=betas)
+    groups = [{"params": decay, "weight_decay": weight_decay, "lr_scale": 1.0},
+              {"params": no_decay, "weight_decay": 0.0, "lr_scale": 1.0}]
+    if kind == "sgd":
+        return torch.optim.SGD(groups, lr=learning_rate, momentum=momentum, nesterov=nesterov)
+    assert kind == "adamw", f"unknown optimizer {kind!r}"
     return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=fused)
+
+
+def l1_norm(matrices) -> torch.Tensor:
+    """The sum of the absolute values of every entry of the given weight matrices: the L1 penalty before its
+    coefficient. Its gradient, sign(W), pulls every weight towards zero by the same amount, so small weights reach
+    exactly zero, where weight decay only shrinks each weight in proportion to its size."""
+    return sum(p.abs().sum() for p in matrices)
+
+
+def update_ema(ema_model, model, decay: float, iter_num: int) -> None:
+    """Move the averaged weights a step towards the model's: ema = d * ema + (1 - d) * weights.
+
+    d ramps up as (1 + t) / (10 + t) to `decay`: early on the average would otherwise be mostly the random
+    initial weights for the ~1 / (1 - decay) steps it takes to forget them."""
+    d = min(decay, (1 + iter_num) / (10 + iter_num))
+    with torch.no_grad():
+        ema_params = list(ema_model.parameters())
+        torch._foreach_lerp_(ema_params, [p.detach().to(e.dtype) for p, e in zip(model.parameters(), ema_params)],
+                             1 - d)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -495,31 +547,35 @@ def check_resumable(ckpt: dict, path: Path, cfg: TrainConfig, vocab: list[str], 
                     f"tokens, sha256 {data_info[f'{split}_sha256'][:12]}) is not the data it was trained on "
                     f"({saved_data[f'{split}_tokens']:,} tokens, sha256 {saved_data[f'{split}_sha256'][:12]}); "
                     "point --data_dir at that data or start a new run")
+    saved_optimizer = (ckpt.get("train_config") or {}).get("optimizer", "adamw")  # nanoGPT's is AdamW
+    if saved_optimizer != cfg.optimizer:
+        problems.append(f"cannot resume from {path}: it was trained with optimizer {saved_optimizer}, this run asks "
+                        f"for {cfg.optimizer} (set --optimizer={saved_optimizer} or start a new run)")
     if problems:
         raise UsageError(problems)
 
 
-def load_optimizer_state(optimizer: torch.optim.AdamW, state: dict, weight_decay: float, betas) -> None:
-    """Load a saved AdamW state, refusing one whose moment shapes do not fit the model.
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None:
+    """Load a saved optimizer state, refusing one whose per-parameter tensors do not fit the model.
 
-    The hyperparameters stay this run's (a saved state would bring its own), and decoupled weight decay is set
-    explicitly: optimizer states saved by older PyTorch versions lack that flag and would load as Adam with L2.
-    Whether the update runs fused is this run's choice too (it depends on the device, not on the state)."""
-    fused = optimizer.param_groups[0]["fused"]
+    Every group's settings (betas, weight decay, momentum, fused, ...) stay this run's: a saved state would bring its
+    own. That also sets decoupled weight decay explicitly for AdamW states saved by older PyTorch versions, which lack
+    the flag and would otherwise load as Adam with L2."""
+    settings = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
     optimizer.load_state_dict(state)
-    for group, decay in zip(optimizer.param_groups, (weight_decay, 0.0)):
-        group.update(betas=betas, weight_decay=decay, decoupled_weight_decay=True, fused=fused)
+    for group, own in zip(optimizer.param_groups, settings):
+        group.update(own)
         for p in group["params"]:
             moments = optimizer.state.get(p, {})
-            for name in ("exp_avg", "exp_avg_sq"):
-                if name in moments and moments[name].shape != p.shape:
+            for name, value in moments.items():
+                if name != "step" and isinstance(value, torch.Tensor) and value.shape != p.shape:
                     raise UsageError(f"the checkpoint's optimizer state does not fit the model ({name} of shape "
-                                     f"{tuple(moments[name].shape)} for a parameter of shape {tuple(p.shape)}): "
+                                     f"{tuple(value.shape)} for a parameter of shape {tuple(p.shape)}): "
                                      "it was saved with another parameter order; start a new run")
-            if "step" in moments and (group["fused"] or group["capturable"]):
-                moments["step"] = moments["step"].to(device=p.device, dtype=torch.float32)
-            elif "step" in moments:
-                moments["step"] = moments["step"].to(device="cpu", dtype=torch.float32)
+            step = moments.get("step")
+            if isinstance(step, torch.Tensor):  # torch's AdamW keeps it as a tensor; on the device if fused
+                on_device = group.get("fused") or group.get("capturable")
+                moments["step"] = step.to(device=p.device if on_device else "cpu", dtype=torch.float32)
 
 
 def rng_state(batch_gen: torch.Generator, device: str) -> dict:
@@ -804,12 +860,17 @@ def train_process(cfg: TrainConfig, argv, device: str, ddp: bool = False, rank: 
     model_config = model_config_from(cfg, len(vocab))
     raw_model = GPT(model_config).to(device)
     optimizer = make_optimizer(raw_model, cfg.learning_rate, cfg.weight_decay, (cfg.beta1, cfg.beta2),
-                               fused=device_type in ("cuda", "cpu"))  # one kernel for all parameters
+                               fused=device_type in ("cuda", "cpu"),  # AdamW: one kernel for all parameters
+                               kind=cfg.optimizer, momentum=cfg.momentum, nesterov=cfg.nesterov,
+                               muon_learning_rate=cfg.muon_learning_rate)
+    l1_matrices = [p for p in raw_model.parameters() if p.dim() >= 2]  # the ones weight decay applies to
     iter_num, best_val_loss, best_iter, tokens_seen, elapsed_before = 0, float("inf"), None, 0, 0.0
     evals_since_best = 0  # for early stopping
     if ckpt is not None:
-        raw_model.load_state_dict(ckpt["model"])
-        load_optimizer_state(optimizer, ckpt["optimizer"], cfg.weight_decay, (cfg.beta1, cfg.beta2))
+        # With ema on, "model" holds the averaged weights (the ones evaluated and sampled from) and "train_model"
+        # the weights being trained.
+        raw_model.load_state_dict(ckpt.get("train_model") or ckpt["model"])
+        load_optimizer_state(optimizer, ckpt["optimizer"])
         if ckpt.get("scaler"):
             scaler.load_state_dict(ckpt["scaler"])
         iter_num, best_val_loss, best_iter = ckpt["iter_num"], ckpt["best_val_loss"], ckpt["best_iter"]
@@ -829,14 +890,22 @@ def train_process(cfg: TrainConfig, argv, device: str, ddp: bool = False, rank: 
             best = None
         if master_process:
             trim_metrics(out_dir / "metrics.jsonl", iter_num)
-        ckpt = None  # free the loaded tensors before training
     if rank > 0:
         # Every rank built the same initial weights from `seed`; from here each needs its own dropout masks. A
         # checkpoint holds rank 0's generator states only, so the other ranks reseed from their rank and the
         # iteration: a resumed run with dropout continues deterministically, but not bit for bit as the unbroken one.
         torch.manual_seed(cfg.seed + rank + world_size * iter_num)
+    # The weight average, if any: a copy of the model that the optimizer never touches, only update_ema. A resumed
+    # run starts it from the checkpoint's average, or from the weights if that run had none.
+    ema_model = None
+    if cfg.ema > 0 and master_process:
+        ema_model = copy.deepcopy(raw_model).requires_grad_(False)
+        if ckpt is not None and "train_model" in ckpt:
+            ema_model.load_state_dict(ckpt["model"])
+    ckpt = None  # free the loaded tensors before training
     model = torch.compile(raw_model) if use_compile else raw_model
-    eval_model = model  # only rank 0 evaluates, so not through the DDP wrapper, whose forward syncs with the others
+    # Only rank 0 evaluates, so not through the DDP wrapper, whose forward syncs with the others.
+    eval_model = model if ema_model is None else torch.compile(ema_model) if use_compile else ema_model
     if ddp:
         model = DistributedDataParallel(model, device_ids=[torch.device(device)] if device_type == "cuda" else None)
 
@@ -875,7 +944,8 @@ def train_process(cfg: TrainConfig, argv, device: str, ddp: bool = False, rank: 
     def checkpoint_state(with_optimizer: bool) -> dict:
         state = {
             "format_version": CHECKPOINT_FORMAT_VERSION,
-            "model": raw_model.state_dict(),  # the uncompiled module's keys, loadable without torch.compile
+            # The uncompiled module's keys, loadable without torch.compile. The weights evaluated: the average if on.
+            "model": (raw_model if ema_model is None else ema_model).state_dict(),
             "model_config": asdict(model_config),
             "train_config": resolved,
             "vocab": vocab,
@@ -888,6 +958,8 @@ def train_process(cfg: TrainConfig, argv, device: str, ddp: bool = False, rank: 
             "data": data_info,
         }
         if with_optimizer:
+            if ema_model is not None:
+                state["train_model"] = raw_model.state_dict()
             state["optimizer"] = optimizer.state_dict()
             state["scaler"] = scaler.state_dict() if scaler.is_enabled() else None
             state["rng"] = rng_state(batch_gen, device)
@@ -970,7 +1042,7 @@ def train_process(cfg: TrainConfig, argv, device: str, ddp: bool = False, rank: 
             lr = get_lr(iter_num, cfg.learning_rate, cfg.min_lr, cfg.warmup_iters, lr_decay_iters, cfg.lr_schedule,
                         cfg.wsd_decay_fraction)
             for group in optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * group["lr_scale"]
             # Every rank draws all the step's micro-batches in turn from the same generator, trains on its own share
             # and only draws the window starts of the others'. Together the ranks train on exactly the batches one
             # process would, and the generator stays alike on every rank, so rank 0's checkpointed state fits them all.
@@ -985,10 +1057,14 @@ def train_process(cfg: TrainConfig, argv, device: str, ddp: bool = False, rank: 
                 with model.no_sync() if ddp and micro_step != mine[-1] else nullcontext():
                     with autocast:
                         _, loss = model(x, y, label_smoothing=cfg.label_smoothing)
+                    # The penalty joins the loss for the gradient only: the loss logged stays the cross-entropy.
+                    objective = loss + cfg.l1 * l1_norm(l1_matrices) if cfg.l1 > 0 else loss
                     # Average over this rank's micro-batches, and DDP averages over the ranks: the gradient of the
                     # step's micro-batches as one big batch.
-                    scaler.scale(loss / micro_steps).backward()
+                    scaler.scale(objective / micro_steps).backward()
             optimizer_step(optimizer, scaler, raw_model.parameters(), cfg.grad_clip)
+            if ema_model is not None:
+                update_ema(ema_model, raw_model, cfg.ema, iter_num)
             iter_num += 1
             tokens_seen += tokens_per_iter
 

@@ -126,6 +126,11 @@ def _(ctx):
     ctx.train(learning_rate=0)
 
 
+@scenario("Nesterov momentum without momentum")
+def _(ctx):
+    ctx.train(optimizer="sgd", momentum=0)
+
+
 @scenario("`block_size` longer than the val split")
 def _(ctx):
     ctx.train(block_size=4096)
@@ -248,6 +253,11 @@ def _(ctx):
 @scenario("Resume with another model shape")
 def _(ctx):
     ctx.resume(n_embd=64)
+
+
+@scenario("Resume with another optimizer")
+def _(ctx):
+    ctx.resume(optimizer="sgd")
 
 
 @scenario("Resume with another vocabulary")
