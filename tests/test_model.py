@@ -141,6 +141,11 @@ def test_swiglu_keeps_the_parameter_count_and_positions_need_no_weights_but_lear
     learned, rope, sinusoidal = (tiny_model(position_encoding=p) for p in ("learned", "rope", "sinusoidal"))
     assert "transformer.wpe.weight" in learned.state_dict()
     assert not any("wpe" in k or "rope" in k for k in (*rope.state_dict(), *sinusoidal.state_dict()))
+    # The fixed positions are scaled to the size learned embeddings reach (RMS 0.07), not Vaswani's 0.7, which would
+    # drown out the token embeddings (RMS 0.02 at init).
+    rms = lambda t: t.pow(2).mean().sqrt().item()  # noqa: E731
+    assert rms(sinusoidal.wpe_sinusoidal) == pytest.approx(0.07, rel=0.05)
+    assert rms(learned.transformer.wte.weight) == pytest.approx(0.02, rel=0.05)
 
 
 def test_rope_attention_depends_only_on_relative_position():
