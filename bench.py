@@ -41,7 +41,8 @@ import torch
 from configurator import REPO_ROOT, UsageError, build_config, parse_overrides, run_command, suggest
 from model import GPT
 from train import (TrainConfig, device_name, get_batch, l1_norm, load_meta, load_split, make_optimizer,
-                   mixed_precision, model_config_from, optimizer_step, resolve_device, resolve_dtype, validate)
+                   mixed_precision, model_config_from, optimizer_step, resolve_device, resolve_dtype, validate,
+                   weight_matrices)
 
 # Dense bf16 tensor-core peaks, from the vendors' datasheets (SXM parts; H200 has H100's compute).
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
@@ -160,7 +161,7 @@ def training_step(model, raw_model, optimizer, scaler, autocast, cfg: TrainConfi
         with autocast:
             _, loss = model(x, y, label_smoothing=cfg.label_smoothing)
         if cfg.l1 > 0:
-            loss = loss + cfg.l1 * l1_norm([p for p in raw_model.parameters() if p.dim() >= 2])
+            loss = loss + cfg.l1 * l1_norm(weight_matrices(raw_model))
         scaler.scale(loss / cfg.gradient_accumulation_steps).backward()
     optimizer_step(optimizer, scaler, raw_model.parameters(), cfg.grad_clip)
 

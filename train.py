@@ -355,6 +355,12 @@ def optimizer_step(optimizer, scaler, params, grad_clip: float) -> None:
     optimizer.zero_grad(set_to_none=True)
 
 
+def weight_matrices(model) -> list[torch.nn.Parameter]:
+    """The trained parameters with two or more dimensions (embeddings, Linear weights): the ones weight decay and
+    the L1 penalty apply to; biases and norm gains are left alone."""
+    return [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
+
+
 def make_optimizer(model, learning_rate, weight_decay, betas, fused: bool, kind: str = "adamw",
                    momentum: float = 0.9, nesterov: bool = True, muon_learning_rate: float = 0.02):
     """The optimizer `kind` (adamw, sgd or muon), with weight decay on matrices (embeddings, Linear weights) only,
@@ -362,20 +368,20 @@ def make_optimizer(model, learning_rate, weight_decay, betas, fused: bool, kind:
 
     Each parameter group carries lr_scale: its peak learning rate over learning_rate, which the training loop
     multiplies the scheduled rate by. Only Muon's group differs from 1 (muon_learning_rate / learning_rate)."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.dim() >= 2]
-    no_decay = [p for p in params if p.dim() < 2]
+    decay = weight_matrices(model)
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
     if kind == "muon":
         # Muon takes the matrices inside the transformer blocks; the embeddings (and the output layer, tied to or
         # beside them) keep AdamW.
         hidden_ids = {id(p) for name, p in model.named_parameters() if ".h." in f".{name}" and p.dim() == 2}
         hidden = [p for p in decay if id(p) in hidden_ids]
         groups = [{"params": hidden, "weight_decay": weight_decay, "use_muon": True,
-                   "lr": muon_learning_rate, "lr_scale": muon_learning_rate / learning_rate},
-                  {"params": [p for p in decay if id(p) not in hidden_ids], "weight_decay": weight_decay},
-                  {"params": no_decay, "weight_decay": 0.0}]
-        groups = [g | {"lr_scale": g.get("lr_scale", 1.0)} for g in groups if g["params"]]
-        return Muon(groups, lr=learning_rate, momentum=momentum, nesterov=nesterov, betas=betas)
+                   "lr_scale": muon_learning_rate / learning_rate},
+                  {"params": [p for p in decay if id(p) not in hidden_ids], "weight_decay": weight_decay,
+                   "lr_scale": 1.0},
+                  {"params": no_decay, "weight_decay": 0.0, "lr_scale": 1.0}]
+        return Muon([g for g in groups if g["params"]], lr=learning_rate, momentum=momentum, nesterov=nesterov,
+                    betas=betas)
     groups = [{"params": decay, "weight_decay": weight_decay, "lr_scale": 1.0},
               {"params": no_decay, "weight_decay": 0.0, "lr_scale": 1.0}]
     if kind == "sgd":
@@ -398,9 +404,7 @@ def update_ema(ema_model, model, decay: float, iter_num: int) -> None:
     initial weights for the ~1 / (1 - decay) steps it takes to forget them."""
     d = min(decay, (1 + iter_num) / (10 + iter_num))
     with torch.no_grad():
-        ema_params = list(ema_model.parameters())
-        torch._foreach_lerp_(ema_params, [p.detach().to(e.dtype) for p, e in zip(model.parameters(), ema_params)],
-                             1 - d)
+        torch._foreach_lerp_(list(ema_model.parameters()), [p.detach() for p in model.parameters()], 1 - d)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -863,7 +867,7 @@ def train_process(cfg: TrainConfig, argv, device: str, ddp: bool = False, rank: 
                                fused=device_type in ("cuda", "cpu"),  # AdamW: one kernel for all parameters
                                kind=cfg.optimizer, momentum=cfg.momentum, nesterov=cfg.nesterov,
                                muon_learning_rate=cfg.muon_learning_rate)
-    l1_matrices = [p for p in raw_model.parameters() if p.dim() >= 2]  # the ones weight decay applies to
+    l1_matrices = weight_matrices(raw_model)
     iter_num, best_val_loss, best_iter, tokens_seen, elapsed_before = 0, float("inf"), None, 0, 0.0
     evals_since_best = 0  # for early stopping
     if ckpt is not None:

@@ -3,6 +3,7 @@ import math
 import pytest
 import torch
 
+import train
 from model import GPT, GPTConfig, KVCache
 
 
@@ -88,19 +89,21 @@ def test_parameter_count():
     assert total == 11 * 32 + 16 * 32 + 2 * per_block + 32
 
 
-def test_tiny_model_overfits_one_batch():
+@pytest.mark.parametrize("kind, lr", [("adamw", 1e-2), ("sgd", 0.3), ("muon", 1e-2)])
+def test_tiny_model_overfits_one_batch(kind, lr):
     model = tiny_model().train()
     torch.manual_seed(1)
     x = torch.randint(11, (4, 16))
     x[:, 0] = torch.arange(4)  # distinct first tokens, so every target is predictable from its prefix
     y = torch.randint(11, (4, 16))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    for _ in range(150):
+    optimizer = train.make_optimizer(model, lr, 0.0, (0.9, 0.99), fused=False, kind=kind, momentum=0.9,
+                                     muon_learning_rate=0.05)
+    for _ in range(200):
         _, loss = model(x, y)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    assert loss.item() < 0.05, f"loss {loss.item():.3f} after 150 steps on one batch"
+    assert loss.item() < 0.1, f"{kind}: loss {loss.item():.3f} after 200 steps on one batch"
 
 
 ARCHITECTURES = [dict(norm="rmsnorm"), dict(qk_norm=True), dict(norm="rmsnorm", qk_norm=True), dict(tie_weights=False),
