@@ -148,14 +148,16 @@ def build_trainer(cfg: TrainConfig, vocab_size: int, device: str, fast: bool):
                                fused=fast and device_type in ("cuda", "cpu"), kind=cfg.optimizer,
                                momentum=cfg.momentum, nesterov=cfg.nesterov, muon_learning_rate=cfg.muon_learning_rate)
     autocast, scaler = mixed_precision(device_type, dtype)
-    model = torch.compile(raw_model) if use_compile else raw_model
-    setup = {"dtype": dtype, "compile": use_compile}
+    model = torch.compile(raw_model, mode=cfg.compile_mode) if use_compile else raw_model
+    setup = {"dtype": dtype, "compile": cfg.compile_mode if use_compile else None}
     return raw_model, model, optimizer, scaler, autocast, setup
 
 
 def training_step(model, raw_model, optimizer, scaler, autocast, cfg: TrainConfig, train_data, generator) -> None:
     """One optimizer step as train.py takes it, without the learning-rate schedule (it costs nothing) and the weight
     average of ema (one multiply-add per weight)."""
+    if cfg.compile_mode != "default":  # as in train.py: the last step's outputs may be overwritten by CUDA graphs
+        torch.compiler.cudagraph_mark_step_begin()
     for _ in range(cfg.gradient_accumulation_steps):
         x, y = get_batch(train_data, cfg.block_size, cfg.batch_size, generator)
         with autocast:
@@ -263,7 +265,7 @@ def step_rows(path: str, cfg: TrainConfig, results: dict[bool, dict], peak: floa
         mfu = (flops_per_token(r["params"], cfg.n_layer, cfg.n_embd, cfg.block_size) * tokens_per_s / peak
                if peak else None)
         speedup = results[False]["ms_median"] / r["ms_median"] if False in results else None
-        rows.append([path, "fast" if fast else "off", r["dtype"], "yes" if r["compile"] else "no",
+        rows.append([path, "fast" if fast else "off", r["dtype"], r["compile"] or "no",
                      f"{r['ms_median']:.1f}", f"{min(r['ms']):.1f}-{max(r['ms']):.1f}", f"{tokens_per_s:,.0f}",
                      fmt(mfu, ".1%"), f"{r['memory_mb']:,.0f}", fmt(r["compile_s"], ".1f", "-"),
                      fmt(speedup, ".2f", "-")])

@@ -20,7 +20,8 @@ from sample import checkpoint_path, generate_texts, load_model, read_prompt
 from train import format_duration
 
 # config.json keys that say where or how a run was executed, not what was trained: a difference in them is noise.
-BOOKKEEPING_KEYS = {"out_dir", "init_from", "device", "dtype", "compile", "log_interval", "always_save_checkpoint"}
+BOOKKEEPING_KEYS = {"out_dir", "init_from", "device", "dtype", "compile", "compile_mode", "log_interval",
+                    "always_save_checkpoint"}
 TEMPERATURE = 0.8
 TOP_K = 0  # no cut: sample among all characters
 # Samples are drawn on the CPU: the same seed then gives the same text on every machine.

@@ -59,6 +59,35 @@ def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tenso
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
 
 
+# Below this many weights (512 KiB of float32, a core's L2 cache here) a matrix is cheap to read and splitting it
+# costs more than it saves: a 2x128 model (config/cpu.py's shape) samples 15-30% slower split.
+SPLIT_MIN_WEIGHTS = 1 << 17
+
+
+class Linear(nn.Linear):
+    """nn.Linear, with a faster path for the few rows of generation on a CPU.
+
+    Generating one token multiplies each weight matrix by a single vector, so a cached step is bound by reading the
+    weights from memory. MKL does that product on one core. Cut into one block of rows per thread and multiplied as
+    a batch, the same product reads the blocks on every core at once: a cached step on 2 cores is about 1.2x faster
+    (BENCHMARKS.md). Same weights, same state-dict keys; the sums only round differently.
+    """
+
+    def forward(self, x):
+        few_rows = x.numel() <= 16 * self.in_features  # more than 16 rows make a matrix product, not a vector one
+        big = self.weight.numel() >= SPLIT_MIN_WEIGHTS
+        if x.device.type != "cpu" or not few_rows or not big or torch.compiler.is_compiling():
+            return super().forward(x)
+        blocks = torch.get_num_threads()
+        if blocks == 1 or self.out_features % blocks:
+            return super().forward(x)
+        rows = x.reshape(-1, self.in_features).t()  # (in, M)
+        weight_blocks = self.weight.view(blocks, -1, self.in_features)  # (blocks, out/blocks, in)
+        y = torch.bmm(weight_blocks, rows.expand(blocks, -1, -1))  # (blocks, out/blocks, M)
+        y = y.permute(2, 0, 1).reshape(*x.shape[:-1], self.out_features)  # (..., out)
+        return y if self.bias is None else y + self.bias
+
+
 class KVCache:
     """Keys and values of the positions seen so far, for every layer, in buffers of block_size positions allocated
     on first use. Each step writes its new positions in place: appending with torch.cat would copy the whole cache
@@ -96,8 +125,8 @@ class CausalSelfAttention(nn.Module):
         self.n_embd = config.n_embd
         self.block_size = config.block_size  # the KV cache's capacity
         self.dropout = config.dropout
-        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)  # q, k, v for all heads at once
-        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.c_attn = Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)  # q, k, v for all heads at once
+        self.c_proj = Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
         hs = config.n_embd // config.n_head
         self.qk_norm = config.qk_norm
@@ -140,8 +169,8 @@ class MLP(nn.Module):
         assert self.kind in ("gelu", "relu2", "swiglu"), f"unknown mlp {self.kind!r}"
         hidden = 4 * config.n_embd if self.kind != "swiglu" else 8 * config.n_embd // 3 // 8 * 8
         fc_out = 2 * hidden if self.kind == "swiglu" else hidden
-        self.c_fc = nn.Linear(config.n_embd, fc_out, bias=config.bias)
-        self.c_proj = nn.Linear(hidden, config.n_embd, bias=config.bias)
+        self.c_fc = Linear(config.n_embd, fc_out, bias=config.bias)
+        self.c_proj = Linear(hidden, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x):

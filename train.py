@@ -64,6 +64,7 @@ class TrainConfig:
     device: str = "auto"  # auto (cuda, else mps, else cpu), cpu, cuda, cuda:N or mps
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: bf16 (else fp16) on CUDA, else float32
     compile: bool | Literal["auto"] = "auto"  # torch.compile the model; auto: on for CUDA
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = "default"  # reduce-overhead: CUDA graphs
     seed: int = 1337  # seeds weights, batches and dropout: the same seed gives the same run on CPU
     # data
     batch_size: int = 64  # sequences per micro-batch
@@ -145,6 +146,9 @@ def validate(cfg: TrainConfig) -> None:
     device = cfg.device
     if not (device in ("auto", "cpu", "cuda", "mps") or (device.startswith("cuda:") and device[5:].isdigit())):
         problems.append(f"'device' must be auto, cpu, cuda, cuda:N or mps, got '{device}'")
+    if cfg.compile is False and cfg.compile_mode != "default":
+        problems.append(f"'compile_mode' {cfg.compile_mode} is a torch.compile mode, but compile is false: "
+                        f"set --compile=true or leave compile_mode out")
     if problems:
         raise UsageError(problems)
 
@@ -826,6 +830,7 @@ def train_process(cfg: TrainConfig, argv, device: str, ddp: bool = False, rank: 
     micro_steps = micro_steps_per_rank(cfg.gradient_accumulation_steps, world_size)
     dtype = resolve_dtype(cfg.dtype, device)
     use_compile = device.startswith("cuda") if cfg.compile == "auto" else cfg.compile
+    cuda_graphs = use_compile and cfg.compile_mode != "default" and device.startswith("cuda")  # both modes use them
     lr_decay_iters = cfg.max_iters if cfg.lr_decay_iters == -1 else cfg.lr_decay_iters
     device_type = "cuda" if device.startswith("cuda") else device
     out_dir = ensure_dir(cfg.out_dir)
@@ -907,9 +912,10 @@ def train_process(cfg: TrainConfig, argv, device: str, ddp: bool = False, rank: 
         if ckpt is not None and "train_model" in ckpt:
             ema_model.load_state_dict(ckpt["model"])
     ckpt = None  # free the loaded tensors before training
-    model = torch.compile(raw_model) if use_compile else raw_model
+    model = torch.compile(raw_model, mode=cfg.compile_mode) if use_compile else raw_model
     # Only rank 0 evaluates, so not through the DDP wrapper, whose forward syncs with the others.
-    eval_model = model if ema_model is None else torch.compile(ema_model) if use_compile else ema_model
+    eval_model = model if ema_model is None else \
+        torch.compile(ema_model, mode=cfg.compile_mode) if use_compile else ema_model
     if ddp:
         model = DistributedDataParallel(model, device_ids=[torch.device(device)] if device_type == "cuda" else None)
 
@@ -1051,6 +1057,9 @@ def train_process(cfg: TrainConfig, argv, device: str, ddp: bool = False, rank: 
             # and only draws the window starts of the others'. Together the ranks train on exactly the batches one
             # process would, and the generator stays alike on every rank, so rank 0's checkpointed state fits them all.
             mine = range(rank * micro_steps, (rank + 1) * micro_steps)
+            if cuda_graphs:
+                # A new step: CUDA graphs may reuse the memory of the last step's outputs (its loss was read already).
+                torch.compiler.cudagraph_mark_step_begin()
             for micro_step in range(cfg.gradient_accumulation_steps):
                 if micro_step not in mine:
                     batch_starts(train_data, cfg.block_size, cfg.batch_size, batch_gen)  # another rank's micro-batch

@@ -131,6 +131,11 @@ def _(ctx):
     ctx.train(optimizer="sgd", momentum=0)
 
 
+@scenario("A compile mode without compiling")
+def _(ctx):
+    ctx.train(compile_mode="reduce-overhead")
+
+
 @scenario("`block_size` longer than the val split")
 def _(ctx):
     ctx.train(block_size=4096)

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 import train
-from model import GPT, GPTConfig, KVCache
+import model as model_module
+from model import GPT, GPTConfig, KVCache, Linear
 
 
 def tiny_model(**overrides) -> GPT:
@@ -40,6 +41,37 @@ def test_causal_a_later_token_never_changes_earlier_logits(t):
     after, _ = model(changed)
     torch.testing.assert_close(before[:, :t], after[:, :t], rtol=0, atol=1e-6)
     assert not torch.allclose(before[:, t], after[:, t])  # the changed position itself does see the change
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (3, 1), (2, 8)])
+def test_split_linear_for_few_rows_on_cpu_equals_a_plain_linear(shape, monkeypatch):
+    """Generation's few rows take the row-block path (counted through torch.bmm); values and gradients must be the
+    plain product's, up to rounding."""
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)  # the split needs 2 threads; the product runs on any
+    bmm_calls = []
+    real_bmm = torch.bmm
+    monkeypatch.setattr(torch, "bmm", lambda *a: bmm_calls.append(1) or real_bmm(*a))
+    torch.manual_seed(0)
+    layer = Linear(256, model_module.SPLIT_MIN_WEIGHTS // 256, bias=True)  # just large enough
+    x = torch.randn(*shape, 256, requires_grad=True)
+    y = layer(x)
+    assert bmm_calls, "a few rows through a large weight should take the split path"
+    expected = torch.nn.functional.linear(x, layer.weight, layer.bias)
+    torch.testing.assert_close(y, expected, rtol=1e-5, atol=1e-5)
+    grad = torch.randn_like(y)
+    split_grads = torch.autograd.grad(y, (x, layer.weight), grad)
+    plain_grads = torch.autograd.grad(expected, (x, layer.weight), grad)
+    for split_grad, plain_grad in zip(split_grads, plain_grads):
+        torch.testing.assert_close(split_grad, plain_grad, rtol=1e-5, atol=1e-5)
+
+
+def test_split_linear_leaves_small_weights_and_many_rows_to_the_plain_product(monkeypatch):
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    monkeypatch.setattr(torch, "bmm", lambda *a: pytest.fail("took the split path"))
+    small = Linear(32, 64)
+    small(torch.randn(1, 32))
+    big = Linear(256, model_module.SPLIT_MIN_WEIGHTS // 256)
+    big(torch.randn(17, 256))  # more than 16 rows: an ordinary matrix product
 
 
 def test_kv_cache_generation_matches_full_recompute_greedy():

@@ -102,7 +102,8 @@ def test_resume_with_another_optimizer_is_refused(tiny_run, tiny_data, tmp_path,
     shutil.copytree(tiny_run, run)
     with pytest.raises(SystemExit):
         train.main(tiny_train_args(tiny_data, run, init_from="resume", max_iters=60, optimizer="muon"))
-    assert "it was trained with optimizer adamw, this run asks for muon (set --optimizer=adamw" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "it was trained with optimizer adamw, this run asks for muon (set --optimizer=adamw" in err
 
 
 def test_l1_penalty_pulls_weights_to_zero(tiny_data, tmp_path):

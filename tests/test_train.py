@@ -212,12 +212,24 @@ def test_bfloat16_autocast_path_trains_on_cpu(tiny_data, tmp_path):
     assert metrics[-1]["val_loss"] < metrics[0]["val_loss"] - 0.3
 
 
+def test_compile_mode_reaches_torch_compile(tiny_data, tmp_path, monkeypatch):
+    """The mode goes to torch.compile for the model and for the weight average's copy (the compile itself is faked:
+    on a CPU it takes half a minute, and CUDA graphs need a GPU)."""
+    modes = []
+    monkeypatch.setattr(torch, "compile", lambda model, mode=None: modes.append(mode) or model)
+    out = tmp_path / "mode"
+    train.main(tiny_train_args(tiny_data, out, compile="true", compile_mode="reduce-overhead", ema=0.5, max_iters=10))
+    assert modes == ["reduce-overhead", "reduce-overhead"]
+    assert json.loads((out / "config.json").read_text())["compile_mode"] == "reduce-overhead"
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_gpu_run_with_autocast_and_compile(tiny_data, tmp_path):
+@pytest.mark.parametrize("compile_mode", ["default", "reduce-overhead"])
+def test_gpu_run_with_autocast_and_compile(tiny_data, tmp_path, compile_mode):
     out = tmp_path / "gpu"
-    train.main(tiny_train_args(tiny_data, out, device="cuda", dtype="auto", compile="true"))
+    train.main(tiny_train_args(tiny_data, out, device="cuda", dtype="auto", compile="true", compile_mode=compile_mode))
     config = json.loads((out / "config.json").read_text())
-    assert config["device"] == "cuda" and config["compile"] is True
+    assert config["device"] == "cuda" and config["compile"] is True and config["compile_mode"] == compile_mode
     assert config["dtype"] == ("bfloat16" if torch.cuda.is_bf16_supported() else "float16")
     metrics = read_metrics(out)
     assert metrics[-1]["val_loss"] < metrics[0]["val_loss"] - 0.5
