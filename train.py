@@ -1058,7 +1058,8 @@ def train_process(cfg: TrainConfig, argv, device: str, ddp: bool = False, rank: 
             # process would, and the generator stays alike on every rank, so rank 0's checkpointed state fits them all.
             mine = range(rank * micro_steps, (rank + 1) * micro_steps)
             if cuda_graphs:
-                # A new step: CUDA graphs may reuse the memory of the last step's outputs (its loss was read already).
+                # A new step: CUDA graphs may now reuse the memory of the last step's outputs. Its loss is no longer
+                # needed: a log step reads it before the next step begins.
                 torch.compiler.cudagraph_mark_step_begin()
             for micro_step in range(cfg.gradient_accumulation_steps):
                 if micro_step not in mine:
