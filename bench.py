@@ -7,8 +7,8 @@
 
 Every other --key=value is a train.py setting applied to every config given (python train.py --help lists them).
 
-Step timing builds the config's model and optimizer in this process and times `iters` training steps after
-`warmup` untimed ones, `repeats` times; the table shows the median. The first step of a compiled model includes
+Step timing builds the config's model and optimizer in this process with train.py's own build() and times `iters`
+of train.py's own train_step() after `warmup` untimed ones, `repeats` times; the table shows the median. The first step of a compiled model includes
 torch.compile's work: "compile s" is that step's time minus a normal step's. With --compare, each config is also
 measured with the fast path off (eager, float32, unfused AdamW, no TF32), interleaved with the fast one, so the
 speed-up is a ratio of two medians taken in the same process.
@@ -24,7 +24,6 @@ A100 (dense bf16), or --peak_flops. Peak memory is torch's peak allocation on a 
 memory on a CPU (which only grows, so on a CPU it is an upper bound for every row after the first).
 """
 
-import json
 import platform
 import resource
 import shutil
@@ -33,16 +32,16 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from configurator import REPO_ROOT, UsageError, build_config, parse_overrides, run_command, suggest
-from model import GPT
-from train import (TrainConfig, device_name, get_batch, l1_norm, load_meta, load_split, make_optimizer,
-                   mixed_precision, model_config_from, optimizer_step, resolve_device, resolve_dtype, validate,
-                   weight_matrices)
+from configurator import REPO_ROOT, UsageError, build_config, parse_args, run_command, split_options
+from data import load_data
+from devices import device_name, mixed_precision, resolve_compile, resolve_device, resolve_dtype
+from runlog import fmt, markdown_table, read_metrics, read_summary
+from train import TrainConfig, build, load_config, train_step
 
 # Dense bf16 tensor-core peaks, from the vendors' datasheets (SXM parts; H200 has H100's compute).
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
@@ -65,27 +64,22 @@ class BenchOptions:
 # ----------------------------------------------------------------------------------------------------------------------
 # The command line
 
-def parse_command(argv: list[str]) -> tuple[BenchOptions, list[tuple[str, TrainConfig]]]:
-    """(bench options, [(config path, its TrainConfig)]): --key=value goes to bench if it is a bench option, else to
-    every config. Every problem is reported at once."""
-    config_paths = [a for a in argv if not a.startswith("--")]
-    overrides = parse_overrides([a for a in argv if a.startswith("--")])
-    bench_keys = {f.name for f in fields(BenchOptions)}
-    train_keys = {f.name for f in fields(TrainConfig)}
-    problems = [f"unknown key '{key}' on the command line{suggest(key, bench_keys | train_keys)}"
-                for key in overrides if key not in bench_keys | train_keys]
+def parse_command(argv: list[str]) -> tuple[BenchOptions, list[tuple[str, TrainConfig]], list[str]]:
+    """(bench options, [(config path, its TrainConfig)], the train.py options as typed): a --key=value is bench's
+    if it is a bench option, else a train.py setting for every config. Every problem is reported at once."""
+    config_paths, options = parse_args(argv)
+    (bench_raw, train_raw), problems = split_options(options, BenchOptions, TrainConfig)
+    train_args = [f"--{key}" if value is None else f"--{key}={value}" for key, value in train_raw.items()]
     if not config_paths:
         problems.append("give at least one config file, e.g. python bench.py config/cpu.py")
-    if problems:
-        raise UsageError(problems)
-    options = build_config(BenchOptions, None, {k: v for k, v in overrides.items() if k in bench_keys})
-    train_overrides = {k: v for k, v in overrides.items() if k in train_keys}
+    try:
+        options = build_config(BenchOptions, None, bench_raw)
+    except UsageError as e:
+        problems, options = problems + e.problems, BenchOptions()
     configs = []
     for path in config_paths:
         try:
-            cfg = build_config(TrainConfig, path, train_overrides)
-            validate(cfg)
-            configs.append((path, cfg))
+            configs.append((path, load_config([path, *train_args])))
         except UsageError as e:
             problems += e.problems
     for key in ("iters", "repeats", "sample_tokens", "num_samples"):
@@ -99,7 +93,7 @@ def parse_command(argv: list[str]) -> tuple[BenchOptions, list[tuple[str, TrainC
         problems.append("--target_loss and --sample are two different benchmarks: run them one at a time")
     if problems:
         raise UsageError(problems)
-    return options, configs
+    return options, configs, train_args
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -134,64 +128,43 @@ def peak_memory_mb(device: str) -> float:
 
 
 def build_trainer(cfg: TrainConfig, vocab_size: int, device: str, fast: bool):
-    """The model, optimizer, grad scaler and autocast a train.py run of cfg would use; with fast=False the fast path
-    is off: eager, float32, unfused AdamW."""
+    """The model, optimizer, grad scaler and autocast that train.py builds for cfg, through the same functions; with
+    fast=False the fast path is off: eager, float32, unfused AdamW, no TF32."""
     dtype = resolve_dtype(cfg.dtype, device) if fast else "float32"
-    use_compile = (device.startswith("cuda") if cfg.compile == "auto" else cfg.compile) and fast
-    device_type = "cuda" if device.startswith("cuda") else device
-    if device_type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = fast
-        torch.backends.cudnn.allow_tf32 = fast
+    compiled = resolve_compile(cfg.compile, device) and fast
     torch.manual_seed(cfg.seed)
-    raw_model = GPT(model_config_from(cfg, vocab_size)).to(device)
-    optimizer = make_optimizer(raw_model, cfg.learning_rate, cfg.weight_decay, (cfg.beta1, cfg.beta2),
-                               fused=fast and device_type in ("cuda", "cpu"), kind=cfg.optimizer,
-                               momentum=cfg.momentum, nesterov=cfg.nesterov, muon_learning_rate=cfg.muon_learning_rate)
-    autocast, scaler = mixed_precision(device_type, dtype)
-    model = torch.compile(raw_model, mode=cfg.compile_mode) if use_compile else raw_model
-    setup = {"dtype": dtype, "compile": cfg.compile_mode if use_compile else None}
-    return raw_model, model, optimizer, scaler, autocast, setup
-
-
-def training_step(model, raw_model, optimizer, scaler, autocast, cfg: TrainConfig, train_data, generator) -> None:
-    """One optimizer step as train.py takes it, without the learning-rate schedule (it costs nothing) and the weight
-    average of ema (one multiply-add per weight)."""
-    if cfg.compile_mode != "default":  # as in train.py: the last step's outputs may be overwritten by CUDA graphs
-        torch.compiler.cudagraph_mark_step_begin()
-    for _ in range(cfg.gradient_accumulation_steps):
-        x, y = get_batch(train_data, cfg.block_size, cfg.batch_size, generator)
-        with autocast:
-            _, loss = model(x, y, label_smoothing=cfg.label_smoothing)
-        if cfg.l1 > 0:
-            loss = loss + cfg.l1 * l1_norm(weight_matrices(raw_model))
-        scaler.scale(loss / cfg.gradient_accumulation_steps).backward()
-    optimizer_step(optimizer, scaler, raw_model.parameters(), cfg.grad_clip)
+    raw_model, optimizer = build(cfg, vocab_size, device, fused=fast)
+    autocast, scaler = mixed_precision(device, dtype, fast)
+    model = torch.compile(raw_model, mode=cfg.compile_mode) if compiled else raw_model
+    setup = {"dtype": dtype, "compile": cfg.compile_mode if compiled else None, "params": raw_model.num_params()}
+    return (model, optimizer, scaler, autocast), setup
 
 
 def time_steps(cfg: TrainConfig, options: BenchOptions, train_data, vocab_size: int, device: str,
                fast_path: list[bool]) -> dict[bool, dict]:
     """Per fast setting: step times of every repeat (ms), compile time and peak memory. The settings' repeats are
-    interleaved so that both see the same machine."""
+    interleaved so that both see the same machine. Each step is train.py's train_step; the learning-rate schedule
+    (one multiply per parameter group) and ema's average (one multiply-add per weight) are left out."""
+    mine = range(cfg.gradient_accumulation_steps)  # all the micro-batches: one process
     setups = {}
     for fast in fast_path:
         if device.startswith("cuda"):
             torch.cuda.reset_peak_memory_stats(device)
-        raw_model, model, optimizer, scaler, autocast, setup = build_trainer(cfg, vocab_size, device, fast)
-        generator = torch.Generator(device=device).manual_seed(cfg.seed)
-        step = (model, raw_model, optimizer, scaler, autocast, cfg, train_data, generator)
+        parts, setup = build_trainer(cfg, vocab_size, device, fast)
+        step = (*parts, train_data, torch.Generator(device=device).manual_seed(cfg.seed), cfg, mine)
         first_started = time.perf_counter()
-        training_step(*step)
+        train_step(*step)
         synchronize(device)
         first_s = time.perf_counter() - first_started
         for _ in range(max(options.warmup - 1, 0)):
-            training_step(*step)
+            train_step(*step)
         synchronize(device)
-        setups[fast] = {"step": step, "first_s": first_s, "ms": [], **setup, "params": raw_model.num_params()}
+        setups[fast] = {"step": step, "first_s": first_s, "ms": [], **setup}
     for _ in range(options.repeats):
         for fast in fast_path:
             started = time.perf_counter()
             for _ in range(options.iters):
-                training_step(*setups[fast]["step"])
+                train_step(*setups[fast]["step"])
             synchronize(device)
             setups[fast]["ms"].append((time.perf_counter() - started) / options.iters * 1000)
     for fast in fast_path:
@@ -203,25 +176,24 @@ def time_steps(cfg: TrainConfig, options: BenchOptions, train_data, vocab_size: 
     return setups
 
 
-def time_to_target(path: str, cfg: TrainConfig, overrides: list[str], target: float, out_dir: Path) -> dict:
+def time_to_target(path: str, train_args: list[str], target: float, out_dir: Path) -> dict:
     """Run train.py on one config into out_dir; its wall time from launch to the first evaluation at or below the
     target val loss (None if never reached), its whole wall time and its best val loss."""
-    command = [sys.executable, str(REPO_ROOT / "train.py"), path, *overrides, f"--out_dir={out_dir}"]
+    command = [sys.executable, str(REPO_ROOT / "train.py"), path, *train_args, f"--out_dir={out_dir}"]
     launched = time.perf_counter()
     proc = subprocess.run(command, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     process_s = time.perf_counter() - launched
     if proc.returncode != 0:
         last = proc.stderr.strip().splitlines()[-1:] or ["(no output)"]
         raise UsageError(f"training {path} failed (exit status {proc.returncode}): {last[0]}")
-    metrics = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
-    summary = json.loads((out_dir / "summary.json").read_text())
-    reached = next((m for m in metrics if m["val_loss"] <= target), None)
-    # elapsed_s counts from the training loop's start; what the process spent before it, and after its last
-    # evaluation, is the rest of its wall time.
-    after_target = summary["wall_time_s"] - reached["elapsed_s"] if reached else None
+    summary = read_summary(out_dir)
+    reached = next((m for m in read_metrics(out_dir) if m["val_loss"] <= target), None)
+    # elapsed_s counts from the training loop's start; what the process spent before it, and after the evaluation
+    # that reached the target, is the rest of its wall time.
+    after_target = summary["elapsed_s"] - reached["elapsed_s"] if reached else None
     return {"process_s": process_s, "target_s": process_s - after_target if reached else None,
-            "target_iter": reached["iter"] if reached else None, "best_val_loss": summary["best_val_loss"],
-            "iters": summary["iters"]}
+            "target_iter": reached["iter_num"] if reached else None, "best_val_loss": summary["best_val_loss"],
+            "iter_num": summary["iter_num"]}
 
 
 def time_sampling(cfg: TrainConfig, options: BenchOptions, vocab_size: int, device: str) -> dict[bool, list[float]]:
@@ -229,7 +201,7 @@ def time_sampling(cfg: TrainConfig, options: BenchOptions, vocab_size: int, devi
     KV cache, each repeat interleaved. The weights are the config's random initial ones: the work per token is the
     same as a trained model's."""
     torch.manual_seed(cfg.seed)
-    model = GPT(model_config_from(cfg, vocab_size)).to(device).eval()  # eval: no dropout
+    model = build(cfg, vocab_size, device)[0].eval()  # eval: no dropout
     prompt = torch.zeros((options.num_samples, 1), dtype=torch.long, device=device)
     seconds = {True: [], False: []}
     with torch.inference_mode():
@@ -245,101 +217,90 @@ def time_sampling(cfg: TrainConfig, options: BenchOptions, vocab_size: int, devi
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Reporting
+# The three benchmarks: each gives a table's header and rows
 
-def table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
-    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
-
-
-def fmt(value, spec: str, missing: str = "n/a") -> str:
-    return missing if value is None else format(value, spec)
-
-
-def step_rows(path: str, cfg: TrainConfig, results: dict[bool, dict], peak: float | None) -> list[list[str]]:
+def bench_steps(configs, options: BenchOptions, vocab_size: int, device: str) -> tuple[list[str], list[list]]:
+    peak, peak_source = peak_flops_of(device, options.peak_flops)
     rows = []
-    tokens_per_iter = cfg.batch_size * cfg.block_size * cfg.gradient_accumulation_steps
-    for fast in sorted(results, reverse=True):
-        r = results[fast]
-        tokens_per_s = tokens_per_iter / (r["ms_median"] / 1000)
-        mfu = (flops_per_token(r["params"], cfg.n_layer, cfg.n_embd, cfg.block_size) * tokens_per_s / peak
-               if peak else None)
-        speedup = results[False]["ms_median"] / r["ms_median"] if False in results else None
-        rows.append([path, "fast" if fast else "off", r["dtype"], r["compile"] or "no",
-                     f"{r['ms_median']:.1f}", f"{min(r['ms']):.1f}-{max(r['ms']):.1f}", f"{tokens_per_s:,.0f}",
-                     fmt(mfu, ".1%"), f"{r['memory_mb']:,.0f}", fmt(r["compile_s"], ".1f", "-"),
-                     fmt(speedup, ".2f", "-")])
-    return rows
+    for path, cfg in configs:
+        _, train_data, _, _ = load_data(cfg.data_dir, resolve_device(cfg.device), cfg.block_size)
+        fast_path = [True, False] if options.compare else [True]
+        results = time_steps(cfg, options, train_data, vocab_size, resolve_device(cfg.device), fast_path)
+        tokens_per_iter = cfg.batch_size * cfg.block_size * cfg.gradient_accumulation_steps
+        for fast in fast_path:
+            r = results[fast]
+            tokens_per_s = tokens_per_iter / (r["ms_median"] / 1000)
+            mfu = (flops_per_token(r["params"], cfg.n_layer, cfg.n_embd, cfg.block_size) * tokens_per_s / peak
+                   if peak else None)
+            speedup = results[False]["ms_median"] / r["ms_median"] if False in results else None
+            rows.append([path, "fast" if fast else "off", r["dtype"], r["compile"] or "no", f"{r['ms_median']:.1f}",
+                         f"{min(r['ms']):.1f}-{max(r['ms']):.1f}", f"{tokens_per_s:,.0f}", fmt(mfu, ".1%", "n/a"),
+                         f"{r['memory_mb']:,.0f}", fmt(r["compile_s"], ".1f"), fmt(speedup, ".2f")])
+    header = ["config", "fast path", "dtype", "compiled", "ms/iter (median)", "range", "tokens/s",
+              f"MFU ({peak_source})", "peak MB", "compile s", "speed-up vs off"]
+    return header, rows
+
+
+def bench_target(configs, options: BenchOptions, train_args: list[str]) -> tuple[list[str], list[list]]:
+    scratch = Path(tempfile.mkdtemp(prefix="bench-"))
+    runs = {path: [] for path, _ in configs}
+    try:
+        for repeat in range(options.repeats):  # interleaved: A, B, A, B, ...
+            for index, (path, _) in enumerate(configs):
+                run = time_to_target(path, train_args, options.target_loss, scratch / f"{index}-{repeat}")
+                runs[path].append(run)
+                print(f"  {path} run {repeat + 1}/{options.repeats}: target "
+                      f"{fmt(run['target_s'], '.1f', 'not reached')} s, whole run {run['process_s']:.1f} s, "
+                      f"best val loss {run['best_val_loss']:.4f}")
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    medians = {}
+    for path, _ in configs:
+        reached = [r["target_s"] for r in runs[path] if r["target_s"] is not None]
+        medians[path] = (statistics.median(reached) if len(reached) == len(runs[path]) else None,
+                         statistics.median(r["process_s"] for r in runs[path]))
+    first_path = configs[0][0]
+    first_target_s = medians[first_path][0]
+    rows = [[path, runs[path][0]["iter_num"], f"{statistics.median(r['best_val_loss'] for r in runs[path]):.4f}",
+             fmt(medians[path][0], ".1f", "not reached"), runs[path][0]["target_iter"],
+             f"{medians[path][1]:.1f}", fmt(medians[path][1] / first_target_s if first_target_s else None, ".2f")]
+            for path, _ in configs]
+    header = ["config", "iters", "best val loss (median)", f"s to val loss <= {options.target_loss}", "at iter",
+              "whole run s", f"whole run / {first_path}'s time to target"]
+    return header, rows
+
+
+def bench_sampling(configs, options: BenchOptions, vocab_size: int) -> tuple[list[str], list[list]]:
+    rows = []
+    for path, cfg in configs:
+        seconds = time_sampling(cfg, options, vocab_size, resolve_device(cfg.device))
+        cached, full = statistics.median(seconds[True]), statistics.median(seconds[False])
+        rows.append([path, f"{cfg.n_layer}x{cfg.n_embd}, block {cfg.block_size}", options.num_samples,
+                     options.sample_tokens, f"{cached:.3f}", f"{full:.3f}", f"{full / cached:.1f}x"])
+    return ["config", "model", "samples", "characters each", "KV cache s", "full window s", "speed-up"], rows
 
 
 def bench(argv: list[str]) -> str:
-    options, configs = parse_command(argv)
-    bench_keys = {f.name for f in fields(BenchOptions)}
-    train_overrides = [a for a in argv if a.startswith("--") and a[2:].partition("=")[0] not in bench_keys]
+    options, configs, train_args = parse_command(argv)
     first_cfg = configs[0][1]
     device = resolve_device(first_cfg.device)
-    meta = load_meta(first_cfg.data_dir)
-    vocab_size = len(meta["vocab"])
+    vocab_size = len(load_data(first_cfg.data_dir, "cpu", first_cfg.block_size)[0])
     command = "python bench.py " + " ".join(argv)
     print(f"{command}\n{device} ({device_name(device)}), torch {torch.__version__}, "
           f"{torch.get_num_threads()} CPU threads")
-
     if options.target_loss:
-        scratch = Path(tempfile.mkdtemp(prefix="bench-"))
-        runs = {path: [] for path, _ in configs}
-        try:
-            for repeat in range(options.repeats):
-                for index, (path, cfg) in enumerate(configs):
-                    run = time_to_target(path, cfg, train_overrides, options.target_loss,
-                                         scratch / f"{index}-{repeat}")
-                    runs[path].append(run)
-                    print(f"  {path} run {repeat + 1}/{options.repeats}: target "
-                          f"{fmt(run['target_s'], '.1f', 'not reached')} s, whole run {run['process_s']:.1f} s, "
-                          f"best val loss {run['best_val_loss']:.4f}")
-        finally:
-            shutil.rmtree(scratch, ignore_errors=True)
-        medians = {}
-        rows = []
-        for path, _ in configs:
-            reached = [r["target_s"] for r in runs[path] if r["target_s"] is not None]
-            medians[path] = (statistics.median(reached) if len(reached) == len(runs[path]) else None,
-                             statistics.median(r["process_s"] for r in runs[path]))
-        first_path = configs[0][0]
-        for path, _ in configs:
-            target_s, process_s = medians[path]
-            best = [r["best_val_loss"] for r in runs[path]]
-            first_target_s = medians[first_path][0]
-            ratio = process_s / first_target_s if first_target_s else None
-            rows.append([path, str(runs[path][0]["iters"]), f"{statistics.median(best):.4f}",
-                         fmt(target_s, ".1f", "not reached"), str(runs[path][0]["target_iter"] or "-"),
-                         f"{process_s:.1f}", fmt(ratio, ".2f", "-")])
-        header = ["config", "iters", "best val loss (median)", f"s to val loss <= {options.target_loss}",
-                  "at iter", "whole run s", f"whole run / {first_path}'s time to target"]
+        header, rows = bench_target(configs, options, train_args)
     elif options.sample:
-        rows = []
-        for path, cfg in configs:
-            seconds = time_sampling(cfg, options, vocab_size, resolve_device(cfg.device))
-            cached, full = statistics.median(seconds[True]), statistics.median(seconds[False])
-            rows.append([path, f"{cfg.n_layer}x{cfg.n_embd}, block {cfg.block_size}", str(options.num_samples),
-                         str(options.sample_tokens), f"{cached:.3f}", f"{full:.3f}", f"{full / cached:.1f}x"])
-        header = ["config", "model", "samples", "characters each", "KV cache s", "full window s", "speed-up"]
+        header, rows = bench_sampling(configs, options, vocab_size)
     else:
-        peak, peak_source = peak_flops_of(device, options.peak_flops)
-        rows = []
-        for path, cfg in configs:
-            train_data, _ = load_split(cfg.data_dir, "train", load_meta(cfg.data_dir), resolve_device(cfg.device))
-            fast_path = [True, False] if options.compare else [True]
-            results = time_steps(cfg, options, train_data, vocab_size, resolve_device(cfg.device), fast_path)
-            rows += step_rows(path, cfg, results, peak)
-        header = ["config", "fast path", "dtype", "compiled", "ms/iter (median)", "range", "tokens/s",
-                  f"MFU ({peak_source})", "peak MB", "compile s", "speed-up vs off"]
-    report = table(header, rows)
+        header, rows = bench_steps(configs, options, vocab_size, device)
+    report = markdown_table(header, rows)
     print(report)
     if options.output:
-        stamp = time.strftime("%Y-%m-%d")
         with open(options.output, "a", encoding="utf-8") as f:
             f.write(f"\n`{command}` on {device_name(device)} ({platform.node() or 'this machine'}), "
-                    f"torch {torch.__version__}, {stamp}, medians of {options.repeats}:\n\n{report}\n")
+                    f"torch {torch.__version__}, {time.strftime('%Y-%m-%d')}, medians of {options.repeats}:\n\n"
+                    f"{report}\n")
     return report
 
 

@@ -1,6 +1,6 @@
 """Compare training runs side by side: a markdown report with their settings, results, loss curves and samples.
 
-    python compare.py out/tune/nanogpt_cpu out/cpu                 # before and after tuning -> out/compare/
+    python compare.py out/nanogpt_cpu out/cpu                       # before and after tuning -> out/compare/
     python compare.py out/a out/b out/c --output=out/abc --start="ROMEO:" --max_new_tokens=200
 
 Writes OUTPUT/report.md and OUTPUT/val_loss.png. The first run is the reference: each other run's row lists the
@@ -8,16 +8,18 @@ settings in which it differs from it. Every run's sample comes from the same pro
 and after a change can be read side by side.
 """
 
-import json
 import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from configurator import UsageError, build_config, ensure_dir, run_command
-from plot import best_eval, plot_runs, read_metrics, run_names, split_arguments
-from sample import checkpoint_path, generate_texts, load_model, read_prompt
-from train import format_duration
+from checkpoint import checkpoint_path, load_model
+from configurator import UsageError, build_config, parse_args, run_command
+from files import ensure_dir
+from plot import plot_runs, run_names
+from runlog import (best_eval, fmt, format_duration, markdown_table, read_config, read_metrics, read_run_info,
+                    read_summary)
+from sample import generate_texts, read_prompt
 
 # config.json keys that say where or how a run was executed, not what was trained: a difference in them is noise.
 BOOKKEEPING_KEYS = {"out_dir", "init_from", "device", "dtype", "compile", "compile_mode", "log_interval",
@@ -39,18 +41,6 @@ class CompareConfig:
 # ----------------------------------------------------------------------------------------------------------------------
 # Reading a run
 
-def read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UsageError(f"{path} not found: give the out_dir of a train.py run") from None
-    except json.JSONDecodeError as e:
-        raise UsageError(f"{path} is not valid JSON (line {e.lineno}: {e.msg}): fix it or re-run training") from None
-    if not isinstance(data, dict):
-        raise UsageError(f"{path} is not a JSON object: fix it or re-run training")
-    return data
-
-
 def config_differences(config: dict, reference: dict) -> list[str]:
     """'key=value' for each setting, bookkeeping aside, whose value differs from the reference run's."""
     keys = [k for k in reference if k not in BOOKKEEPING_KEYS]
@@ -71,33 +61,30 @@ def format_setting(value, missing) -> str:
 def run_results(run_dir: Path, metrics: list[dict]) -> dict:
     """The numbers of the report's table for one run, from summary.json; a run without one (it was interrupted)
     gets what metrics.jsonl and run.json hold, and None for the rest."""
-    best = best_eval(metrics)
-    summary_path = run_dir / "summary.json"
-    if summary_path.is_file():
-        summary = read_json(summary_path)
-        best_iter = summary.get("best_iter")
-        at_best = next((m for m in metrics if m["iter"] == best_iter), None)
+    summary = read_summary(run_dir)
+    if summary is not None:
+        at_best = next((m for m in metrics if m["iter_num"] == summary.get("best_iter")), None)
         return {
             "status": summary.get("status", "finished"),
             "params": summary.get("params"),
             "best_val_loss": summary.get("best_val_loss"),
-            "best_iter": best_iter,
+            "best_iter": summary.get("best_iter"),
             "best_val_ppl": summary.get("best_val_ppl"),
             "val_acc": at_best.get("val_acc") if at_best else None,
             "gap": summary.get("gap_at_best"),
-            "wall_time_s": summary.get("wall_time_s"),
+            "elapsed_s": summary.get("elapsed_s"),
             "tokens_per_s": summary.get("tokens_per_s"),
         }
-    run_info = read_json(run_dir / "run.json") if (run_dir / "run.json").is_file() else {}
+    best = best_eval(metrics)
     return {
         "status": "no summary.json (interrupted?)",
-        "params": run_info.get("params"),
+        "params": read_run_info(run_dir).get("params"),
         "best_val_loss": best["val_loss"] if best else None,
-        "best_iter": best["iter"] if best else None,
+        "best_iter": best["iter_num"] if best else None,
         "best_val_ppl": math.exp(best["val_loss"]) if best else None,
         "val_acc": best.get("val_acc") if best else None,
         "gap": best["val_loss"] - best["train_loss"] if best else None,
-        "wall_time_s": None,
+        "elapsed_s": None,
         "tokens_per_s": None,
     }
 
@@ -105,31 +92,15 @@ def run_results(run_dir: Path, metrics: list[dict]) -> dict:
 # ----------------------------------------------------------------------------------------------------------------------
 # Writing the report
 
-def cell(value, fmt: str = "{}") -> str:
-    """A table cell: '-' for a missing number, and '|' escaped so text cannot split the row."""
-    return "-" if value is None else fmt.format(value).replace("|", "\\|")
-
-
 def results_table(names: list[str], differences: list[list[str]], results: list[dict]) -> str:
     header = ["run", "differs from the first run", "params", "best val loss", "at iter", "val ppl", "top-1 acc",
-              "train/val gap", "wall time", "tokens/s", "status"]
-    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
-    for index, (name, changed, result) in enumerate(zip(names, differences, results)):
-        row = [
-            cell(name),
-            "(reference)" if index == 0 else cell(", ".join(changed) or "(same settings)"),
-            cell(result["params"], "{:,}"),
-            cell(result["best_val_loss"], "{:.4f}"),
-            cell(result["best_iter"]),
-            cell(result["best_val_ppl"], "{:.2f}"),
-            cell(result["val_acc"], "{:.1%}"),
-            cell(result["gap"], "{:+.4f}"),
-            cell(None if result["wall_time_s"] is None else format_duration(result["wall_time_s"])),
-            cell(result["tokens_per_s"], "{:,.0f}"),
-            cell(result["status"]),
-        ]
-        lines.append("| " + " | ".join(row) + " |")
-    return "\n".join(lines)
+              "train/val gap", "training time", "tokens/s", "status"]
+    rows = [[name, "(reference)" if index == 0 else ", ".join(changed) or "(same settings)", fmt(r["params"], ","),
+             fmt(r["best_val_loss"], ".4f"), r["best_iter"], fmt(r["best_val_ppl"], ".2f"), fmt(r["val_acc"], ".1%"),
+             fmt(r["gap"], "+.4f"), None if r["elapsed_s"] is None else format_duration(r["elapsed_s"]),
+             fmt(r["tokens_per_s"], ",.0f"), r["status"]]
+            for index, (name, changed, r) in enumerate(zip(names, differences, results))]
+    return markdown_table(header, rows)
 
 
 def fenced(text: str) -> str:
@@ -170,22 +141,20 @@ def main(argv=None):
 
 
 def compare(argv: list[str]) -> Path:
-    run_args, overrides = split_arguments(argv)
-    cfg = build_config(CompareConfig, None, overrides)
+    run_args, options = parse_args(argv)
+    cfg = build_config(CompareConfig, None, options)
     if len(run_args) < 2:
         raise UsageError(f"compare needs at least two run folders, got {len(run_args)}: "
                          "python compare.py out/RUN_A out/RUN_B")
     if cfg.max_new_tokens <= 0:
         raise UsageError(f"'max_new_tokens' must be a positive integer, got {cfg.max_new_tokens}")
     prompt = read_prompt(cfg.start)
-    if not prompt:
-        raise UsageError("the prompt is empty: give at least one character, e.g. --start=\"\\n\"")
     run_dirs = [Path(a) for a in run_args]
     names = run_names(run_dirs)
 
     # Check every run before the slow part, so a mistake in the last one does not cost the samples of the others.
     all_metrics = [read_metrics(d) for d in run_dirs]
-    configs = [read_json(d / "config.json") for d in run_dirs]
+    configs = [read_config(d) for d in run_dirs]
     for run_dir in run_dirs:
         checkpoint_path(run_dir)
     differences = [config_differences(config, configs[0]) for config in configs]

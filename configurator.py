@@ -1,8 +1,11 @@
-"""Turn a dataclass of defaults, an optional Python config file and --key=value overrides into one checked config.
+"""Settings and the command line: one parser for every script, and typed, checked settings.
 
-Used by train.py and sample.py. Precedence, lowest first: the dataclass defaults, the config file's top-level
-assignments, then the command line. Every problem is collected and reported together, each naming its key, so a
-user fixes a config in one pass instead of one traceback at a time.
+Every script's command line has one shape: positional arguments (a config file, run folders, grid specs) and
+--key=value options. parse_args splits it; build_config turns a dataclass of defaults, an optional Python config file
+and the options into one checked config. Precedence, lowest first: the dataclass defaults, the config file's
+top-level assignments, then the command line. Every problem is collected and reported together, each naming its key,
+so a user fixes a command in one pass instead of one traceback at a time. run_command is every script's main(): its
+--help, and one line per problem instead of a traceback.
 
 Config files are plain Python and are run as code: only run config files you trust. Command-line values are
 never evaluated; they are converted by the field's declared type.
@@ -12,7 +15,6 @@ import dataclasses
 import difflib
 import errno
 import inspect
-import os
 import re
 import sys
 import types
@@ -135,22 +137,44 @@ def read_config_file(path: str) -> dict:
     }
 
 
-def parse_overrides(args) -> dict:
-    """['--lr=3e-4', '--compile'] -> {'lr': '3e-4', 'compile': 'true'}; values stay strings until converted."""
-    overrides, problems = {}, []
-    for arg in args:
-        if not arg.startswith("--") or arg == "--":
-            problems.append(f"unexpected argument '{arg}': overrides look like --key=value")
+def parse_args(argv=None) -> tuple[list[str], dict]:
+    """Split a command line into its positional arguments and its --key=value options, values still text.
+
+    Dashes in a key become underscores. A bare --key has the value None: true for a bool setting, and for any other
+    setting a missing value, which build_config reports."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    positional, options, problems = [], {}, []
+    for arg in argv:
+        if not arg.startswith("--"):
+            positional.append(arg)
             continue
         key, sep, value = arg[2:].partition("=")
-        # A bare --flag means true; convert() rejects it later for fields that are not bools.
-        overrides[key.replace("-", "_")] = value if sep else "true"
+        if not key:
+            problems.append(f"unexpected argument '{arg}': options look like --key=value")
+            continue
+        options[key.replace("-", "_")] = value if sep else None
     if problems:
         raise UsageError(problems)
-    return overrides
+    return positional, options
 
 
-def build_config(defaults_cls, config_path: str | None, overrides: dict):
+def refuse_positional(positional: list[str]) -> None:
+    """For scripts that take options only."""
+    if positional:
+        raise UsageError(f"unexpected argument '{positional[0]}': options look like --key=value")
+
+
+def split_options(options: dict, *defaults_classes) -> tuple[list[dict], list[str]]:
+    """Share the options out among dataclasses by field name (bench.py and tune.py take their own options and any
+    train.py setting). Returns one dict per class, and a problem for each key none of them has, with a suggestion,
+    for the caller to report with the rest."""
+    names = [{f.name for f in dataclasses.fields(cls)} for cls in defaults_classes]
+    known = set().union(*names)
+    unknown = [f"unknown key '{key}' on the command line{suggest(key, known)}" for key in options if key not in known]
+    return [{key: value for key, value in options.items() if key in fields} for fields in names], unknown
+
+
+def build_config(defaults_cls, config_path: str | None, overrides: dict, where: str = "on the command line"):
     """Defaults <- config file <- overrides, each key checked against the dataclass fields and converted by type."""
     fields = {f.name: f for f in dataclasses.fields(defaults_cls)}
     hints = typing.get_type_hints(defaults_cls)
@@ -158,47 +182,24 @@ def build_config(defaults_cls, config_path: str | None, overrides: dict):
     sources = []
     if config_path is not None:
         sources.append((read_config_file(config_path), f"in {config_path}", False))
-    sources.append((overrides, "on the command line", True))
-    for settings, where, from_text in sources:
+    sources.append((overrides, where, True))
+    for settings, place, from_text in sources:
         for key, raw in settings.items():
             if key not in fields:
-                problems.append(f"unknown key '{key}' {where}{suggest(key, fields)}")
-                continue
-            try:
-                values[key] = convert(raw, hints[key], from_text)
-            except ValueError:
-                problems.append(f"'{key}' {where} must be {_type_name(hints[key])}, got {raw!r}")
+                problems.append(f"unknown key '{key}' {place}{suggest(key, fields)}")
+            elif raw is None and from_text:  # a bare --key: true, if the setting can be
+                try:
+                    values[key] = convert(True, hints[key], from_text=False)
+                except ValueError:
+                    problems.append(f"'{key}' {place} needs a value: write --{key}=VALUE")
+            else:
+                try:
+                    values[key] = convert(raw, hints[key], from_text)
+                except ValueError:
+                    problems.append(f"'{key}' {place} must be {_type_name(hints[key])}, got {raw!r}")
     if problems:
         raise UsageError(problems)
     return defaults_cls(**values)
-
-
-def split_argv(argv, allow_config_file: bool = True):
-    """Split argv into (config file or None, override args): the config file is the argument without a leading --."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    positional = [a for a in argv if not a.startswith("--")]
-    options = [a for a in argv if a.startswith("--")]
-    if not allow_config_file and positional:
-        raise UsageError(f"unexpected argument '{positional[0]}': options look like --key=value")
-    if len(positional) > 1:
-        raise UsageError(f"expected at most one config file, got {', '.join(positional)}")
-    return (positional[0] if positional else None), options
-
-
-def ensure_dir(path: str, key: str = "out_dir") -> Path:
-    """Create a writable directory or explain why it cannot be."""
-    p = Path(path)
-    try:
-        # Path.exists() raises PermissionError (instead of returning False) inside a folder we may not enter.
-        if p.exists() and not p.is_dir():
-            raise UsageError(f"{key} '{path}' is a file, not a directory: choose another {key}")
-        p.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UsageError(f"cannot create {key} '{path}': {e.strerror}; choose another {key} or fix its "
-                         "permissions") from None
-    if not os.access(p, os.W_OK):
-        raise UsageError(f"{key} '{path}' is not writable: choose another {key} or fix its permissions")
-    return p
 
 
 def field_help(defaults_cls) -> dict[str, str]:
@@ -211,19 +212,36 @@ def field_help(defaults_cls) -> dict[str, str]:
     return comments
 
 
+def describe(defaults_cls) -> list[tuple[str, str, str]]:
+    """(name, default as typed on a command line, meaning) for each setting: what --help prints, and what README.md's
+    tables of settings say (a test holds them to it). The meaning is the field's comment, then its choices if it has
+    a fixed set."""
+    comments = field_help(defaults_cls)
+    hints = typing.get_type_hints(defaults_cls)
+    rows = []
+    for f in dataclasses.fields(defaults_cls):
+        # Strings shown as typed on a command line: no quotes, escapes visible (a newline as \n).
+        default = repr(f.default)[1:-1] if isinstance(f.default, str) else str(f.default).lower() \
+            if isinstance(f.default, bool) else str(f.default)
+        choices = _choices(hints[f.name])
+        rows.append((f.name, default, comments.get(f.name, "") + (f" ({' | '.join(choices)})" if choices else "")))
+    return rows
+
+
+def _choices(tp) -> list[str]:
+    """The values a Literal setting may take (true and false for a bool within a union); none for the others."""
+    if typing.get_origin(tp) is Literal:
+        return [str(a) for a in typing.get_args(tp)]
+    if typing.get_origin(tp) in (Union, types.UnionType):
+        return [c for part in typing.get_args(tp) for c in (["true", "false"] if part is bool else _choices(part))]
+    return []
+
+
 def help_text(defaults_cls) -> str:
     """One line per setting: name, default and meaning, for --help."""
-    comments = field_help(defaults_cls)
-    # Strings shown as typed on a command line: no quotes, escapes visible (a newline as \n).
-    rows = [(f.name, repr(f.default)[1:-1] if isinstance(f.default, str) else f.default, comments.get(f.name, ""))
-            for f in dataclasses.fields(defaults_cls)]
+    rows = describe(defaults_cls)
     width = max(len(f"--{name}={default}") for name, default, _ in rows)
     return "\n".join(f"  {f'--{name}={default}':<{width}}  {text}" for name, default, text in rows)
-
-
-def wants_help(argv) -> bool:
-    argv = sys.argv[1:] if argv is None else argv
-    return any(a in ("-h", "--help") for a in argv)
 
 
 def run_command(work, argv, doc: str, options_cls, more_help: str = ""):
@@ -231,7 +249,7 @@ def run_command(work, argv, doc: str, options_cls, more_help: str = ""):
     UsageError (or a full disk) ends it with one line per problem and exit status 2 instead of a traceback, and
     Ctrl-C with exit status 130."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    if wants_help(argv):
+    if any(a in ("-h", "--help") for a in argv):
         print(doc + "\nOptions (defaults shown):\n" + help_text(options_cls) + more_help)
         return None
     try:

@@ -22,7 +22,7 @@ class GPTConfig:
     n_head: int = 6  # attention heads per block
     n_embd: int = 384  # width of the residual stream
     dropout: float = 0.0  # dropout probability in training
-    bias: bool = False  # biases in Linear and LayerNorm layers (GPT-2 had them; without is a little faster)
+    bias: bool = False  # biases in Linear and LayerNorm layers (GPT-2 had them; without, there is less to compute)
     norm: str = "layernorm"  # layernorm (GPT-2) or rmsnorm (scales by the root mean square only: no centring)
     qk_norm: bool = False  # normalise each head's queries and keys before attention, which bounds the logits
     tie_weights: bool = True  # the output layer reuses the token embedding's weights
@@ -38,9 +38,9 @@ def make_norm(config: GPTConfig, dim: int) -> nn.Module:
     return nn.LayerNorm(dim, bias=config.bias)
 
 
-# Vaswani et al.'s sines and cosines have an RMS of 1/sqrt(2), next to GPT-2's token embeddings that start at 0.02
-# and grow to about 0.09 (config/cpu.py): at full size the positions drown out the characters. Scaled to an RMS of
-# 0.07, the best of 0.02, 0.07, 0.2 and 0.71 measured for config/cpu.py (EXPERIMENTS.md).
+# Vaswani et al.'s sines and cosines have an RMS of 1/sqrt(2), far above GPT-2's token embeddings (initialised at
+# 0.02): at full size the positions drown out the characters. They are scaled down to an RMS of 0.07, near the size
+# the token embeddings grow to; EXPERIMENTS.md has the scales that were tried.
 SINUSOID_SCALE = 0.07 * math.sqrt(2)
 
 
@@ -59,8 +59,8 @@ def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tenso
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
 
 
-# Below this many weights (512 KiB of float32, a core's L2 cache here) a matrix is cheap to read and splitting it
-# costs more than it saves: a 2x128 model (config/cpu.py's shape) samples 15-30% slower split.
+# Below this many weights (512 KiB of float32, about a core's L2 cache) a matrix is cheap to read, and splitting it
+# costs more than it saves (BENCHMARKS.md).
 SPLIT_MIN_WEIGHTS = 1 << 17
 
 
@@ -68,9 +68,9 @@ class Linear(nn.Linear):
     """nn.Linear, with a faster path for the few rows of generation on a CPU.
 
     Generating one token multiplies each weight matrix by a single vector, so a cached step is bound by reading the
-    weights from memory. MKL does that product on one core. Cut into one block of rows per thread and multiplied as
-    a batch, the same product reads the blocks on every core at once: a cached step on 2 cores is about 1.2x faster
-    (BENCHMARKS.md). Same weights, same state-dict keys; the sums only round differently.
+    weights from memory, and MKL does that product on one core. Cut into one block of rows per thread and multiplied
+    as a batch, the same product reads the blocks on every core at once (BENCHMARKS.md has the speed-up). Same
+    weights, same state-dict keys; the sums only round differently.
     """
 
     def forward(self, x):

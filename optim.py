@@ -1,6 +1,7 @@
-"""Muon: orthogonalised momentum for a transformer's hidden weight matrices, AdamW for everything else.
+"""The optimizer side of training: the optimizer (AdamW, SGD or Muon), the learning rate of its groups, the L1
+penalty, and the exponential moving average of the weights (ema).
 
-Written here from Keller Jordan's description of Muon (2024, "Muon: An optimizer for hidden layers in neural
+Muon is written here from Keller Jordan's description (2024, "Muon: An optimizer for hidden layers in neural
 networks"). For a weight matrix W with gradient G, each step is
 
     M = momentum * M + G                      the momentum buffer, as in SGD
@@ -14,6 +15,7 @@ one hidden vector to another; embeddings (one row per character, looked up, not 
 the norm gains keep AdamW, which Muon's author recommends too.
 """
 
+import copy
 import math
 
 import torch
@@ -112,3 +114,76 @@ class Muon(torch.optim.Optimizer):
             denom = (exp_avg_sq / bias_correction2).sqrt_().add_(eps)
             p.mul_(1 - lr * decay)
             p.addcdiv_(exp_avg, denom, value=-lr / bias_correction1)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Building the optimizer, and what the training step asks of it
+
+def weight_matrices(model) -> list[torch.nn.Parameter]:
+    """The trained parameters with two or more dimensions (embeddings, Linear weights): the ones weight decay and
+    the L1 penalty apply to; biases and norm gains are left alone."""
+    return [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
+
+
+def make_optimizer(model, learning_rate, weight_decay, betas, fused: bool, kind: str = "adamw",
+                   momentum: float = 0.9, nesterov: bool = True, muon_learning_rate: float = 0.02):
+    """The optimizer `kind` (adamw, sgd or muon), with weight decay on matrices (embeddings, Linear weights) only,
+    not on biases and norm gains.
+
+    Each parameter group carries lr_scale: its peak learning rate over learning_rate, which set_lr multiplies the
+    scheduled rate by. Only Muon's group differs from 1 (muon_learning_rate / learning_rate)."""
+    decay = weight_matrices(model)
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+    if kind == "muon":
+        # Muon takes the matrices inside the transformer blocks; the embeddings (and the output layer, tied to or
+        # beside them) keep AdamW.
+        hidden_ids = {id(p) for name, p in model.named_parameters() if ".h." in f".{name}" and p.dim() == 2}
+        hidden = [p for p in decay if id(p) in hidden_ids]
+        groups = [{"params": hidden, "weight_decay": weight_decay, "use_muon": True,
+                   "lr_scale": muon_learning_rate / learning_rate},
+                  {"params": [p for p in decay if id(p) not in hidden_ids], "weight_decay": weight_decay,
+                   "lr_scale": 1.0},
+                  {"params": no_decay, "weight_decay": 0.0, "lr_scale": 1.0}]
+        return Muon([g for g in groups if g["params"]], lr=learning_rate, momentum=momentum, nesterov=nesterov,
+                    betas=betas)
+    groups = [{"params": decay, "weight_decay": weight_decay, "lr_scale": 1.0},
+              {"params": no_decay, "weight_decay": 0.0, "lr_scale": 1.0}]
+    if kind == "sgd":
+        return torch.optim.SGD(groups, lr=learning_rate, momentum=momentum, nesterov=nesterov)
+    assert kind == "adamw", f"unknown optimizer {kind!r}"
+    return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=fused)
+
+
+def set_lr(optimizer, lr: float) -> None:
+    """The scheduled learning rate for this step, scaled per group by its lr_scale."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group["lr_scale"]
+
+
+def l1_norm(matrices) -> torch.Tensor:
+    """The sum of the absolute values of every entry of the given weight matrices: the L1 penalty before its
+    coefficient. Its gradient, sign(W), pulls every weight towards zero by the same amount, so small weights reach
+    exactly zero, where weight decay only shrinks each weight in proportion to its size."""
+    return sum(p.abs().sum() for p in matrices)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The weight average (ema)
+
+def ema_copy(model, weights: dict | None = None):
+    """A copy of the model for the weight average, which the optimizer never touches, only update_ema. It starts
+    from the given weights (a resumed run's average), else from the model's."""
+    average = copy.deepcopy(model).requires_grad_(False)
+    if weights is not None:
+        average.load_state_dict(weights)
+    return average
+
+
+def update_ema(ema_model, model, decay: float, iter_num: int) -> None:
+    """Move the averaged weights a step towards the model's: ema = d * ema + (1 - d) * weights.
+
+    d ramps up as (1 + t) / (10 + t) to `decay`: early on the average would otherwise be mostly the random
+    initial weights for the ~1 / (1 - decay) steps it takes to forget them."""
+    d = min(decay, (1 + iter_num) / (10 + iter_num))
+    with torch.no_grad():
+        torch._foreach_lerp_(list(ema_model.parameters()), [p.detach() for p in model.parameters()], 1 - d)

@@ -12,9 +12,11 @@ from pathlib import Path
 
 import torch
 
-from configurator import UsageError, build_config, parse_overrides, run_command, split_argv
-from model import GPT, GPTConfig
-from train import load_checkpoint, resolve_device
+from checkpoint import load_model
+from configurator import UsageError, build_config, parse_args, refuse_positional, run_command
+from data import decode, encode
+from devices import resolve_device
+from model import GPT
 
 
 @dataclass
@@ -54,52 +56,25 @@ def find_latest_run(root: Path = Path("out")) -> Path:
     return max(checkpoints, key=lambda p: p.stat().st_mtime).parent
 
 
-def checkpoint_path(out_dir: Path) -> Path:
-    if not out_dir.is_dir():
-        raise UsageError(f"run folder '{out_dir}' not found: pass --out_dir of a run under out/")
-    for name in ("best.pt", "ckpt.pt"):
-        if (out_dir / name).exists():
-            return out_dir / name
-    raise UsageError(f"run folder '{out_dir}' has no best.pt or ckpt.pt: it has not reached its first evaluation")
-
-
 def read_prompt(start: str) -> str:
+    """The prompt: start itself, or the text of the file that start=FILE:path names."""
+    prompt = start
     if start.startswith("FILE:"):
         path = Path(start[len("FILE:"):])
         try:
-            return path.read_text(encoding="utf-8")
+            prompt = path.read_text(encoding="utf-8")
         except FileNotFoundError:
             raise UsageError(f"prompt file '{path}' not found: give --start=FILE: the path of an existing text "
                              "file") from None
         except UnicodeDecodeError:
             raise UsageError(f"prompt file '{path}' is not UTF-8 text") from None
-    return start
-
-
-def encode_prompt(prompt: str, vocab: list[str]) -> list[int]:
-    stoi = {ch: i for i, ch in enumerate(vocab)}
     if not prompt:
         raise UsageError("the prompt is empty: give at least one character, e.g. --start=\"\\n\"")
-    unknown = sorted({ch for ch in prompt if ch not in stoi})
-    if unknown:
-        raise UsageError(f"the prompt has characters the model never saw: {' '.join(repr(c) for c in unknown)}; "
-                         "remove or replace them")
-    return [stoi[ch] for ch in prompt]
+    return prompt
 
 
 def main(argv=None):
     return run_command(sample, argv, __doc__, SampleConfig)
-
-
-def load_model(out_dir: Path, device: str):
-    """The run's best.pt (else ckpt.pt) as an eval-mode GPT on device, with its vocabulary and checkpoint info."""
-    path = checkpoint_path(out_dir)
-    ckpt = load_checkpoint(path, device)
-    model = GPT(GPTConfig(**ckpt["model_config"]))
-    model.load_state_dict(ckpt["model"])
-    model.to(device).eval()
-    info = {"path": str(path), "iter_num": ckpt["iter_num"], "best_val_loss": ckpt["best_val_loss"]}
-    return model, ckpt["vocab"], info
 
 
 def generate_texts(model: GPT, vocab: list[str], prompt: str, num_samples: int, max_new_tokens: int,
@@ -108,16 +83,17 @@ def generate_texts(model: GPT, vocab: list[str], prompt: str, num_samples: int, 
 
     The samples are generated together, as one batch: with the KV cache each step reads the weights once for all
     of them, and reading the weights is most of a step's time on a CPU."""
-    idx = torch.tensor([encode_prompt(prompt, vocab)], dtype=torch.long, device=device)  # (1, T)
+    idx = torch.tensor([encode(prompt, vocab)], dtype=torch.long, device=device)  # (1, T)
     generator = torch.Generator(device=device).manual_seed(seed)
     out = model.generate(idx.expand(num_samples, -1), max_new_tokens, temperature=temperature,
                          top_k=top_k if top_k > 0 else None, generator=generator)  # (num_samples, T + new)
-    return ["".join(vocab[i] for i in row) for row in out.tolist()]
+    return [decode(row, vocab) for row in out.tolist()]
 
 
 def sample(argv=None) -> list[str]:
-    _, options = split_argv(argv, allow_config_file=False)
-    cfg = build_config(SampleConfig, None, parse_overrides(options))
+    positional, options = parse_args(argv)
+    refuse_positional(positional)
+    cfg = build_config(SampleConfig, None, options)
     validate(cfg)
     device = resolve_device(cfg.device)
     if cfg.out_dir:
@@ -130,7 +106,7 @@ def sample(argv=None) -> list[str]:
         raise UsageError(f"'top_k' is {cfg.top_k}, more than the model's {len(vocab)} characters: use at most "
                          f"{len(vocab)}, or 0 for all of them")
     prompt = read_prompt(cfg.start)
-    encode_prompt(prompt, vocab)  # refuse unknown characters before printing anything
+    encode(prompt, vocab)  # refuse unknown characters before printing anything
     print(f"{info['path']}: iter {info['iter_num']}, val loss {info['best_val_loss']:.4f}")
     texts = generate_texts(model, vocab, prompt, cfg.num_samples, cfg.max_new_tokens, cfg.temperature, cfg.top_k,
                            cfg.seed, device)

@@ -1,22 +1,21 @@
 """Grid search over train.py settings: one run per combination, then a leaderboard and an overlay plot.
 
-    python tune.py config/cpu.py --grid learning_rate=2e-3,4e-3 n_layer=2,3 --max_iters=500
-    python tune.py config/cpu.py --grid learning_rate=1e-3,2e-3,4e-3 batch_size=8,16,32 --trials=4
-    python tune.py config/cpu.py --grid dropout=0,0.1 --name=dropout --max_iters=500
+    python tune.py config/cpu.py learning_rate=2e-3,4e-3 n_layer=2,3 --max_iters=500
+    python tune.py config/cpu.py learning_rate=1e-3,2e-3,4e-3 batch_size=8,16,32 --trials=4
+    python tune.py config/cpu.py dropout=0,0.1 --name=dropout --max_iters=500
 
-Every token after --grid that does not start with -- is a key=v1,v2,... spec; the search runs the cartesian product
-of the specs, or --trials=N combinations of it picked at random (the same --sample_seed picks the same ones). Any
-other --key=value is a train.py setting passed to every trial. Each trial is its own train.py run in
-out/tune-<name>/<trial>/, named after its settings (e.g. learning_rate=0.002,n_layer=2). A trial that already has a
-summary.json with the same config is skipped, so running the same command again resumes an interrupted search.
-The search writes leaderboard.md, leaderboard.csv and val_loss.png into out/tune-<name>/.
+After the base config, each key=v1,v2,... is a setting to search; the search runs the cartesian product of them, or
+--trials=N combinations of it picked at random (the same --sample_seed picks the same ones). Any other --key=value is
+a train.py setting passed to every trial. Each trial is its own train.py run in out/tune-<name>/<trial>/, named after
+its settings (e.g. learning_rate=0.002,n_layer=2). A trial that already has a summary.json with the same config is
+skipped, so running the same command again resumes an interrupted search. The search writes leaderboard.md,
+leaderboard.csv and val_loss.png into out/tune-<name>/.
 """
 
 import csv
 import dataclasses
 import hashlib
 import io
-import json
 import math
 import os
 import random
@@ -29,13 +28,15 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from configurator import REPO_ROOT, UsageError, build_config, ensure_dir, parse_overrides, run_command, suggest
+from configurator import REPO_ROOT, UsageError, build_config, parse_args, run_command, split_options
+from files import ensure_dir
 from plot import plot_runs
+from runlog import fmt, markdown_table, read_config, read_summary
 from train import TrainConfig
 
 TRAIN_SCRIPT = REPO_ROOT / "train.py"
 TRAIN_INTERRUPTED = 130  # train.py's exit status after Ctrl-C or SIGTERM (it saved ckpt.pt first)
-LEADERBOARD_COLUMNS = ["best_val_loss", "best_iter", "final_val_loss", "val_acc", "params", "wall_time_s", "status",
+LEADERBOARD_COLUMNS = ["best_val_loss", "best_iter", "final_val_loss", "val_acc", "params", "elapsed_s", "status",
                        "error"]
 # Settings tune.py decides itself for every trial, so a user may not set them.
 RESERVED_KEYS = {"out_dir": "tune.py gives each trial its own out_dir under out/tune-<name>/: use --name to name "
@@ -54,31 +55,12 @@ class TuneOptions:
 # ----------------------------------------------------------------------------------------------------------------------
 # The command line and the grid
 
-def split_tune_argv(argv: list[str]) -> tuple[list[str], list[str], list[str]]:
-    """(positional args, grid specs, --options): grid specs are the tokens after --grid up to the next --option."""
-    positional, specs, options = [], [], []
-    in_grid = False
-    for arg in argv:
-        if arg == "--grid":
-            in_grid = True
-        elif arg.startswith("--grid="):
-            in_grid = True
-            specs.append(arg[len("--grid="):])
-        elif arg.startswith("--"):
-            in_grid = False
-            options.append(arg)
-        elif in_grid:
-            specs.append(arg)
-        else:
-            positional.append(arg)
-    return positional, specs, options
-
-
 def read_grid_specs(specs: list[str]) -> tuple[dict[str, list[str]], list[str]]:
     """The well-formed specs as a grid, and one problem per malformed spec (so the good ones can still be checked)."""
     grid, problems = {}, []
     if not specs:
-        problems.append("--grid needs at least one key=v1,v2 spec, e.g. --grid learning_rate=2e-3,4e-3")
+        problems.append("nothing to search: after the base config, give at least one key=v1,v2, e.g. "
+                        "learning_rate=2e-3,4e-3")
     for spec in specs:
         key, sep, values_text = spec.partition("=")
         key = key.strip().replace("-", "_")
@@ -119,13 +101,9 @@ def convert_grid(grid: dict[str, list[str]], defaults_cls=TrainConfig) -> dict[s
         converted = []
         for value in values:
             try:
-                converted.append(getattr(build_config(defaults_cls, None, {key: value}), key))
+                converted.append(getattr(build_config(defaults_cls, None, {key: value}, where="in the grid"), key))
             except UsageError as e:
-                for problem in e.problems:
-                    # build_config knows only "on the command line"; --grid is where this value came from.
-                    problem = problem.replace("on the command line", "in --grid")
-                    if problem not in problems:  # an unknown key fails once per value: say it once
-                        problems.append(problem)
+                problems += [p for p in e.problems if p not in problems]  # an unknown key fails once per value
         typed[key] = list(dict.fromkeys(converted))
     if problems:
         raise UsageError(problems)
@@ -181,30 +159,14 @@ def trial_name(settings: dict) -> str:
     return safe
 
 
-def parse_args(argv: list[str]) -> dict:
+def parse_command(argv: list[str]) -> dict:
     """Check the whole command line before anything runs; every problem is reported at once, naming its key."""
-    positional, specs, options = split_tune_argv(argv)
-    problems = []
-    tune_fields = {f.name for f in dataclasses.fields(TuneOptions)}
-    try:
-        overrides = parse_overrides(options)
-    except UsageError as e:
-        problems.extend(e.problems)
-        overrides = {}
-    train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    tune_raw = {k: v for k, v in overrides.items() if k in tune_fields}
-    train_raw = {k: v for k, v in overrides.items() if k in train_fields}
-    for key in [k for k in overrides if k not in tune_fields | train_fields]:
-        problems.append(f"unknown key '{key}' on the command line{suggest(key, tune_fields | train_fields)}")
-
-    base_config = None
-    if not positional:
-        problems.append("no base config file: give one first, e.g. python tune.py config/cpu.py --grid n_layer=2,3")
-    elif len(positional) > 1:
-        problems.append(f"expected one base config file, got {', '.join(positional)} "
-                        "(grid specs go after --grid, settings look like --key=value)")
-    else:
-        base_config = positional[0]
+    positional, options = parse_args(argv)
+    (tune_raw, train_raw), problems = split_options(options, TuneOptions, TrainConfig)
+    base_config, specs = (positional[0], positional[1:]) if positional else (None, [])
+    if base_config is None or ("=" in base_config and not Path(base_config).is_file()):
+        problems.append("no base config file: give one first, e.g. python tune.py config/cpu.py n_layer=2,3")
+        base_config, specs = None, positional
 
     tune_options = base_cfg = None
     try:
@@ -214,9 +176,6 @@ def parse_args(argv: list[str]) -> dict:
         name = tune_options.name
         if name and (not re.fullmatch(r"[A-Za-z0-9._,=+-]+", name) or name in (".", "..")):
             problems.append(f"'name' must be a plain folder name (letters, digits and . _ - + = ,), got '{name}'")
-    except UsageError as e:
-        problems.extend(e.problems)
-    try:
         base_cfg = build_config(TrainConfig, base_config, train_raw) if base_config else None
     except UsageError as e:
         problems.extend(e.problems)
@@ -231,7 +190,7 @@ def parse_args(argv: list[str]) -> dict:
         if key in train_raw or (grid and key in grid):
             problems.append(f"'{key}' cannot be set: {why}")
     for key in sorted(set(grid or {}) & set(train_raw)):
-        problems.append(f"'{key}' is both in --grid and a --{key}= setting: keep one of them")
+        problems.append(f"'{key}' is both in the grid and a --{key}= setting: keep one of them")
     if problems:
         raise UsageError(problems)
     return {"base_config": Path(base_config), "train_overrides": train_raw, "base_cfg": base_cfg, "grid": grid,
@@ -251,20 +210,14 @@ def comparable_config(cfg: TrainConfig) -> dict:
     return {key: value for key, value in settings.items() if value != "auto"}
 
 
-def read_json(path: Path):
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-
-
 def finished_summary(trial_dir: Path, expected: dict) -> dict | None:
-    """The trial's summary.json if it finished with exactly the expected settings, else None."""
-    summary = read_json(trial_dir / "summary.json")
-    config = read_json(trial_dir / "config.json")
-    if not isinstance(summary, dict) or not isinstance(config, dict):
+    """The trial's summary.json if it finished with exactly the expected settings, else None (it runs again)."""
+    try:
+        summary = read_summary(trial_dir)
+        config = read_config(trial_dir) if summary is not None else {}
+    except UsageError:  # a damaged record: the trial runs again
         return None
-    if any(key not in config or config[key] != value for key, value in expected.items()):
+    if summary is None or any(key not in config or config[key] != value for key, value in expected.items()):
         return None
     return summary
 
@@ -345,7 +298,7 @@ def leaderboard_rows(results: list[dict], grid_keys: list[str]) -> list[dict]:
             "final_val_loss": final.get("val_loss"),
             "val_acc": final.get("val_acc"),
             "params": summary.get("params"),
-            "wall_time_s": summary.get("wall_time_s"),
+            "elapsed_s": summary.get("elapsed_s"),
             "status": summary.get("status", result["status"]),
             "error": result["error"],
         })
@@ -362,29 +315,16 @@ def leaderboard_csv(rows: list[dict], grid_keys: list[str]) -> str:
     return buffer.getvalue()
 
 
-def markdown_cell(key: str, value) -> str:
-    if value is None:
-        return ""
-    if key in ("best_val_loss", "final_val_loss"):
-        return f"{value:.4f}"
-    if key == "val_acc":
-        return f"{value:.1%}"
-    if key == "params":
-        return f"{value:,}"
-    if key == "wall_time_s":
-        return f"{value:.1f}"
-    return value_text(value).replace("|", "\\|")  # a '|' in an error message would split the cell
-
-
 def leaderboard_markdown(rows: list[dict], grid_keys: list[str]) -> str:
     headers = {"rank": "rank", "trial": "trial", **{key: key for key in grid_keys}, "best_val_loss": "best val loss",
                "best_iter": "best iter", "final_val_loss": "final val loss", "val_acc": "val accuracy",
-               "params": "params", "wall_time_s": "wall time s", "status": "status", "error": "error"}
+               "params": "params", "elapsed_s": "training s", "status": "status", "error": "error"}
     if not any(row["error"] for row in rows):
         del headers["error"]
-    lines = ["| " + " | ".join(headers.values()) + " |", "| " + " | ".join("---" for _ in headers) + " |"]
-    lines += ["| " + " | ".join(markdown_cell(key, row[key]) for key in headers) + " |" for row in rows]
-    return "\n".join(lines) + "\n"
+    formats = {"best_val_loss": ".4f", "final_val_loss": ".4f", "val_acc": ".1%", "params": ",", "elapsed_s": ".1f"}
+    cells = [[fmt(row[key], formats[key], "") if key in formats else
+              "" if row[key] is None else value_text(row[key]) for key in headers] for row in rows]
+    return markdown_table(list(headers.values()), cells) + "\n"
 
 
 def plot_finished(run_dirs: list[Path], output: Path, search_dir: Path) -> str | None:
@@ -392,7 +332,7 @@ def plot_finished(run_dirs: list[Path], output: Path, search_dir: Path) -> str |
     if not run_dirs:
         return "no trial finished"
     try:
-        plot_runs(run_dirs, output, x="iter", out_root=search_dir)  # legend names: the trial folders
+        plot_runs(run_dirs, output, out_root=search_dir)  # legend names: the trial folders
     except UsageError as e:
         return "; ".join(e.problems)
     return None
@@ -402,13 +342,13 @@ def plot_finished(run_dirs: list[Path], output: Path, search_dir: Path) -> str |
 # The search
 
 def main(argv=None):
-    more_help = ("\n  --grid key=v1,v2 [key=v1,v2 ...]  the settings to search (required)\n"
+    more_help = ("\n  key=v1,v2 [key=v1,v2 ...]  after the base config: the settings to search (at least one)\n"
                  "\nEvery other --key=value is a train.py setting for every trial: python train.py --help lists them.")
     return run_command(search, argv, __doc__, TuneOptions, more_help)
 
 
 def search(argv: list[str]) -> list[dict]:
-    args = parse_args(argv)
+    args = parse_command(argv)
     grid, name = args["grid"], args["name"]
     search_dir = ensure_dir(str(Path("out") / f"tune-{name}"), key="search folder")
     chosen = trial_settings(grid, args["trials"], args["sample_seed"])
@@ -473,8 +413,8 @@ def run_trials(to_run: list[tuple[str, dict, Path]], base_config: Path,
             interrupted = True
             results.append(trial_result(trial, settings, trial_dir, "interrupted"))
             continue
-        summary = read_json(trial_dir / "summary.json") if status == 0 else None
-        if isinstance(summary, dict):
+        summary = finished_summary(trial_dir, {}) if status == 0 else None
+        if summary is not None:
             results.append(trial_result(trial, settings, trial_dir, "finished", summary))
             tqdm.write(f"  {tail[-1] if tail else 'finished'}")
         else:

@@ -1,5 +1,5 @@
-# nanoGPT's Shakespeare-char recipe: a 10.7M-parameter character-level GPT. A GPU recipe: on 2 CPU cores one
-# iteration takes seconds, use config/cpu.py there.
+# nanoGPT's Shakespeare-char recipe: a 10.7M-parameter character-level GPT. A GPU recipe, far too slow for a CPU
+# (BENCHMARKS.md): use config/cpu.py there.
 #   python train.py config/baseline.py
 
 out_dir = "out/baseline"

@@ -1,8 +1,7 @@
-# The fastest recipe here on a 2-core CPU: config/cpu_classic.py's model and batches with the options that won the
-# equal-compute ablation in EXPERIMENTS.md and still helped together: Muon for the blocks' weight matrices and rotary
-# positions. (ReLU^2 and the wsd schedule helped AdamW but hurt on top of Muon.) Muon's orthogonalisation costs CPU
-# time each step, so this takes fewer steps than cpu_classic.py in about the same wall time, and ends at a lower val
-# loss (BENCHMARKS.md).
+# The fastest recipe here on a 2-core CPU: config/cpu_classic.py's model and batches, with the two options that won
+# the equal-compute ablation in EXPERIMENTS.md and still helped together: Muon for the blocks' weight matrices and
+# rotary positions. A Muon step costs more CPU time than an AdamW step, so this takes fewer steps than
+# cpu_classic.py, in about the same wall time (BENCHMARKS.md).
 #   python train.py config/cpu.py
 from config.cpu_classic import *
 
@@ -12,6 +11,6 @@ max_iters = 550
 eval_interval = 550  # evaluate at the start and the end only: each evaluation reads the whole val split
 
 optimizer = "muon"
-muon_learning_rate = 0.04  # the best of 0.01 to 0.16 (EXPERIMENTS.md); AdamW keeps 4e-3 for the embeddings and gains
-weight_decay = 0.0  # with Muon, 0 did better than 0.1: a run this short does not overfit
+muon_learning_rate = 0.04  # the best of a sweep (EXPERIMENTS.md); AdamW keeps 4e-3 for the embeddings and gains
+weight_decay = 0.0  # with Muon, 0 did better than 0.1 (EXPERIMENTS.md): a run this short does not overfit
 position_encoding = "rope"

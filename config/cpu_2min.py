@@ -1,9 +1,8 @@
-# A recipe for a laptop or a 2-core machine: about 2 minutes of training.
+# A recipe for a laptop or a 2-core machine: a budget of about two minutes of training.
 #   python train.py config/cpu_2min.py
-# Chosen from 15 measured runs of different shapes and schedules at a fixed time budget on 2 CPU cores
-# (the table is in README.md).
-# With so little compute, the number of optimizer steps matters most: a shallow model at a high learning rate
-# takes more steps in two minutes and ends lower than nanoGPT's 4-layer CPU recipe.
+# Chosen from runs of different shapes and schedules at that budget on 2 CPU cores (docs/recipes.md). With so little
+# compute, the number of optimizer steps matters most: a shallow model at a high learning rate takes more steps in
+# the budget, and ends lower than nanoGPT's 4-layer CPU recipe.
 
 out_dir = "out/cpu_2min"
 data_dir = "data/shakespeare_char"

@@ -1,10 +1,9 @@
-# The previous config/cpu.py, kept to compare against: GPT-2's architecture (learned positions, GELU MLP, LayerNorm)
-# trained with AdamW. Reaches a val loss of 1.88 in about 41 s on 2 cores (BENCHMARKS.md); config/cpu.py now trains
-# the same shape with Muon, rotary positions and a ReLU^2 MLP (EXPERIMENTS.md).
+# config/cpu.py's shape with GPT-2's architecture (learned positions, GELU MLP, LayerNorm) trained with AdamW: the
+# recipe cpu.py was before it took Muon and rotary positions, kept to compare against (BENCHMARKS.md).
 #   python train.py config/cpu_classic.py
 # With so little compute, the number of optimizer steps matters most: a shallow model at a high learning rate, on
-# small batches, decaying to min_lr by the last step. Torch.compile does not pay on a CPU at this length: it takes
-# longer to compile than the 10% it saves per step would give back.
+# small batches, decaying to min_lr by the last step. torch.compile stays off (compile = auto is on for CUDA only):
+# on a CPU, compiling takes longer than a run this short would save.
 
 out_dir = "out/cpu_classic"
 data_dir = "data/shakespeare_char"

@@ -1,4 +1,4 @@
-# Experiment: train twice as long (about 4 minutes on 2 cores); the schedule stretches with max_iters.
+# Experiment: train twice as long; the schedule stretches with max_iters.
 from config.cpu_2min import *
 
 max_iters = 5400

@@ -39,7 +39,7 @@ def tiny_data(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("tiny_data")
     text_file = root / "tiny.txt"
     text_file.write_text(SHAKESPEARE.read_text(encoding="utf-8")[:20_000], encoding="utf-8")
-    prepare_shakespeare.main(["--input", str(text_file), "--out_dir", str(root)])
+    prepare_shakespeare.main([f"--input={text_file}", f"--data_dir={root}"])
     return root
 
 

@@ -7,6 +7,7 @@ import pytest
 import compare
 import sample
 import train
+from checkpoint import load_model
 from conftest import tiny_train_args
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -66,7 +67,7 @@ def test_report_holds_every_run_its_changes_and_samples(two_runs, tmp_path, caps
     assert all(text.startswith("First") and len(text) == len("First") + 40 for text in samples.values())
     assert samples["a"] != samples["b"]
     # The same prompt and seed as sample.py would use, on the CPU.
-    model, vocab, _ = sample.load_model(a, "cpu")
+    model, vocab, _ = load_model(a, "cpu")
     assert samples["a"] == sample.generate_texts(model, vocab, "First", 1, 40, 0.8, 200, 3, "cpu")[0]
 
 
@@ -79,18 +80,18 @@ def test_summary_json_fills_the_row_and_its_absence_leaves_dashes(two_runs, tmp_
     metrics = read_metrics(finished)
     best = min(metrics, key=lambda m: m["val_loss"])
     (finished / "summary.json").write_text(json.dumps({
-        "run": "finished", "status": "early_stopped", "params": 12345, "iters": 40, "max_iters": 40,
-        "best_val_loss": best["val_loss"], "best_iter": best["iter"], "best_val_ppl": 7.25,
-        "gap_at_best": 0.0625, "wall_time_s": 123.4, "tokens_per_s": 5000.0,
+        "run": "finished", "status": "early_stopped", "params": 12345, "iter_num": 40, "max_iters": 40,
+        "best_val_loss": best["val_loss"], "best_iter": best["iter_num"], "best_val_ppl": 7.25,
+        "gap_at_best": 0.0625, "elapsed_s": 123.4, "tokens_per_s": 5000.0,
     }))
     report = compare.main([str(finished), str(interrupted), f"--output={tmp_path / 'report'}",
                            "--max_new_tokens=5"]).read_text()
     rows = table_rows(report)
     assert rows["finished"]["params"] == "12,345"
-    assert rows["finished"]["at iter"] == str(best["iter"])
+    assert rows["finished"]["at iter"] == str(best["iter_num"])
     assert rows["finished"]["val ppl"] == "7.25"
     assert rows["finished"]["train/val gap"] == "+0.0625"
-    assert rows["finished"]["wall time"] == "2m 03.4s"
+    assert rows["finished"]["training time"] == "2m 03.4s"
     assert rows["finished"]["tokens/s"] == "5,000"
     assert rows["finished"]["status"] == "early_stopped"
 
@@ -98,10 +99,10 @@ def test_summary_json_fills_the_row_and_its_absence_leaves_dashes(two_runs, tmp_
     interrupted_metrics = read_metrics(interrupted)
     interrupted_best = min(interrupted_metrics, key=lambda m: m["val_loss"])
     assert float(fallback["best val loss"]) == pytest.approx(interrupted_best["val_loss"], abs=1e-4)
-    assert fallback["at iter"] == str(interrupted_best["iter"])
+    assert fallback["at iter"] == str(interrupted_best["iter_num"])
     assert float(fallback["train/val gap"]) == pytest.approx(
         interrupted_best["val_loss"] - interrupted_best["train_loss"], abs=1e-4)
-    assert fallback["wall time"] == fallback["tokens/s"] == "-"
+    assert fallback["training time"] == fallback["tokens/s"] == "-"
     assert "no summary.json" in fallback["status"]
 
 

@@ -4,8 +4,9 @@ import sys
 
 import pytest
 
-from configurator import UsageError
+from configurator import UsageError, describe, help_text
 from conftest import REPO
+from sample import SampleConfig
 from train import TrainConfig, load_config
 
 
@@ -108,10 +109,11 @@ def test_cli_mistake_is_one_line_without_traceback():
     assert result.stderr == "error: unknown key 'n_layers' on the command line (did you mean 'n_layer'?)\n"
 
 
-def test_readme_documents_every_setting():
-
-    from sample import SampleConfig
+@pytest.mark.parametrize("cls", [TrainConfig, SampleConfig], ids=lambda cls: cls.__name__)
+def test_readme_tables_say_what_help_says(cls):
+    """README.md's table of each script's settings holds, for every key, the default and meaning --help prints."""
     readme = (REPO / "README.md").read_text(encoding="utf-8")
-    for cls in (TrainConfig, SampleConfig):
-        missing = [f.name for f in dataclasses.fields(cls) if f"| `{f.name}` |" not in readme]
-        assert not missing, f"README.md has no table row for {cls.__name__} keys {missing}"
+    missing = [row for row in (f"| `{name}` | {f'`{default}`' if default else '(empty)'} | {meaning} |"
+                               for name, default, meaning in describe(cls)) if row not in readme]
+    assert not missing, f"README.md lacks these rows (or has them otherwise): {missing}"
+    assert all(f"--{name}={default}" in help_text(cls) for name, default, _ in describe(cls))

@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
+import checkpoint
+import devices
 import train
 from conftest import REPO, tiny_train_args
 from configurator import UsageError
@@ -47,7 +49,7 @@ def worker_pid(launcher_pid: int, rank: int) -> int | None:
 
 
 def curve(out_dir):
-    return [(m["iter"], m["train_loss"], m["val_loss"], m["tokens"])
+    return [(m["iter_num"], m["train_loss"], m["val_loss"], m["tokens_seen"])
             for m in map(json.loads, (out_dir / "metrics.jsonl").read_text().splitlines())]
 
 
@@ -90,17 +92,18 @@ def test_two_processes_train_what_one_does_and_stop_and_resume_together(tiny_dat
     assert sorted(p.name for p in two.iterdir()) == sorted(p.name for p in one.iterdir())
     assert json.loads((two / "run.json").read_text())["world_size"] == 2
     assert json.loads((two / "summary.json").read_text())["status"] == "finished"
-    ckpt, single = train.load_checkpoint(two / "ckpt.pt"), train.load_checkpoint(one / "ckpt.pt")
+    ckpt, single = checkpoint.load_checkpoint(two / "ckpt.pt"), checkpoint.load_checkpoint(one / "ckpt.pt")
     assert ckpt["iter_num"] == 60 and ckpt["model"].keys() == single["model"].keys()
     for name, weight in ckpt["model"].items():
         torch.testing.assert_close(weight, single["model"][name], rtol=1e-3, atol=1e-5)
 
 
 def test_gradient_accumulation_steps_are_shared_out_equally():
-    assert train.micro_steps_per_rank(8, 1) == 8
-    assert train.micro_steps_per_rank(8, 4) == 2
+    assert devices.micro_steps_per_rank(8, 1) == 8
+    assert devices.micro_steps_per_rank(8, 4) == 2
+    assert devices.Ranks("cpu", rank=3, world_size=4, ddp=True).micro_steps(8) == range(6, 8)
     with pytest.raises(UsageError) as err:
-        train.micro_steps_per_rank(6, 4)
+        devices.micro_steps_per_rank(6, 4)
     assert ("gradient_accumulation_steps (6) must be divisible by the number of processes (4)" in str(err.value)
             and "--gradient_accumulation_steps=8" in str(err.value))
 
@@ -118,16 +121,16 @@ def test_indivisible_accumulation_is_refused_before_any_process_waits(tiny_data,
 
 
 def test_torchrun_environment_and_devices():
-    assert train.distributed_env({}) is None
-    assert train.distributed_env({"RANK": "-1"}) is None
-    assert train.distributed_env({"RANK": "3", "LOCAL_RANK": "1", "WORLD_SIZE": "4"}) == (3, 1, 4)
+    assert devices.distributed_env({}) is None
+    assert devices.distributed_env({"RANK": "-1"}) is None
+    assert devices.distributed_env({"RANK": "3", "LOCAL_RANK": "1", "WORLD_SIZE": "4"}) == (3, 1, 4)
     with pytest.raises(UsageError, match="start several processes with torchrun"):
-        train.distributed_env({"RANK": "0"})
-    assert train.resolve_ddp_device("cpu", 1) == "cpu"
+        devices.distributed_env({"RANK": "0"})
+    assert devices.resolve_ddp_device("cpu", 1) == "cpu"
     for device in ("mps", "cuda:1"):
         with pytest.raises(UsageError, match="cannot be used under torchrun"):
-            train.resolve_ddp_device(device, 0)
+            devices.resolve_ddp_device(device, 0)
     if not torch.cuda.is_available():
-        assert train.resolve_ddp_device("auto", 1) == "cpu"
+        assert devices.resolve_ddp_device("auto", 1) == "cpu"
         with pytest.raises(UsageError, match="no CUDA GPU"):
-            train.resolve_ddp_device("cuda", 0)
+            devices.resolve_ddp_device("cuda", 0)

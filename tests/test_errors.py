@@ -1,7 +1,7 @@
-"""Every row of the README table "When something goes wrong" is a scenario here, run for real.
+"""Every row of the table in docs/errors.md ("When something goes wrong") is a scenario here, run for real.
 
 The table is the contract: each mistake must end with a non-zero exit, no traceback, and the message excerpt the
-README shows. A row without a scenario, or a scenario without a row, fails the suite, so the table cannot drift.
+table shows. A row without a scenario, or a scenario without a row, fails the suite, so the table cannot drift.
 """
 
 import os
@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+import checkpoint
 import compare
 import plot
 import prepare_shakespeare
@@ -33,18 +34,21 @@ def scenario(mistake):
     return register
 
 
-def readme_rows() -> list[tuple[str, str, str]]:
-    """(mistake, where, message excerpt) for each row of the README's "When something goes wrong" table."""
-    text = (REPO / "README.md").read_text(encoding="utf-8")
+ERRORS_DOC = REPO / "docs" / "errors.md"
+
+
+def table_rows() -> list[tuple[str, str, str]]:
+    """(mistake, where, message excerpt) for each row of the table in docs/errors.md."""
+    text = ERRORS_DOC.read_text(encoding="utf-8") if ERRORS_DOC.exists() else ""
     if "\n## When something goes wrong\n" not in text:
-        return []  # test_the_readme_table_and_the_scenarios_list_the_same_mistakes then names every missing row
+        return []  # test_the_table_and_the_scenarios_list_the_same_mistakes then names every missing row
     section = text.split("\n## When something goes wrong\n", 1)[1].split("\n## ", 1)[0]
     rows = []
     for line in section.splitlines():
         cells = [cell.strip() for cell in line.strip().strip("|").split("|")] if line.startswith("|") else []
         if len(cells) == 3 and cells[0] not in ("Mistake", "") and not set(cells[0]) <= set("-: "):
             excerpt = re.fullmatch(r"`(.+)`", cells[2])
-            assert excerpt, f"the message cell of README row {cells[0]!r} must be one `code` excerpt: {cells[2]!r}"
+            assert excerpt, f"the message cell of row {cells[0]!r} must be one `code` excerpt: {cells[2]!r}"
             rows.append((cells[0], cells[1], excerpt.group(1).replace("\\|", "|")))
     return rows
 
@@ -270,14 +274,14 @@ def _(ctx):
     other = ctx.tmp / "other_vocab"
     text = ctx.tmp / "other.txt"
     text.write_text((ctx.data / "tiny.txt").read_text(encoding="utf-8").upper(), encoding="utf-8")
-    prepare_shakespeare.main(["--input", str(text), "--out_dir", str(other)])
+    prepare_shakespeare.main([f"--input={text}", f"--data_dir={other}"])
     ctx.resume(data_dir=other)
 
 
 @scenario("Resume on other data")
 def _(ctx):
     other = ctx.tmp / "other_data"
-    prepare_shakespeare.main(["--input", str(ctx.data / "tiny.txt"), "--out_dir", str(other), "--val_fraction", "0.2"])
+    prepare_shakespeare.main([f"--input={ctx.data / 'tiny.txt'}", f"--data_dir={other}", "--val_fraction=0.2"])
     ctx.resume(data_dir=other)
 
 
@@ -291,7 +295,7 @@ def _(ctx):
 @scenario("Checkpoint from an unknown format version")
 def _(ctx):
     run = ctx.run_copy()
-    ckpt = train.load_checkpoint(run / "ckpt.pt")
+    ckpt = checkpoint.load_checkpoint(run / "ckpt.pt")
     ckpt["format_version"] = 99
     torch.save(ckpt, run / "ckpt.pt")
     ctx.train(out_dir=run, init_from="resume", max_iters=60)
@@ -378,18 +382,18 @@ def _(ctx):
 @scenario("Empty input text")
 def _(ctx):
     (ctx.tmp / "empty.txt").write_bytes(b"")
-    prepare_shakespeare.main(["--input", str(ctx.tmp / "empty.txt"), "--out_dir", str(ctx.tmp / "data")])
+    prepare_shakespeare.main([f"--input={ctx.tmp / 'empty.txt'}", f"--data_dir={ctx.tmp / 'data'}"])
 
 
 @scenario("Input text not UTF-8")
 def _(ctx):
     (ctx.tmp / "latin1.txt").write_bytes("Roméo\n".encode("latin-1"))
-    prepare_shakespeare.main(["--input", str(ctx.tmp / "latin1.txt"), "--out_dir", str(ctx.tmp / "data")])
+    prepare_shakespeare.main([f"--input={ctx.tmp / 'latin1.txt'}", f"--data_dir={ctx.tmp / 'data'}"])
 
 
 @scenario("Input text not found")
 def _(ctx):
-    prepare_shakespeare.main(["--input", str(ctx.tmp / "missing.txt"), "--out_dir", str(ctx.tmp / "data")])
+    prepare_shakespeare.main([f"--input={ctx.tmp / 'missing.txt'}", f"--data_dir={ctx.tmp / 'data'}"])
 
 
 @scenario("No network for the download")
@@ -397,14 +401,14 @@ def _(ctx):
     ctx.monkeypatch.setattr(time, "sleep", lambda seconds: None)  # skip the waits between retries
     with _Server(b"") as server:
         dead_url = server.url  # nothing listens there once the server has shut down
-    prepare_shakespeare.main(["--url", dead_url, "--out_dir", str(ctx.tmp / "data")])
+    prepare_shakespeare.main([f"--url={dead_url}", f"--data_dir={ctx.tmp / 'data'}"])
 
 
 @scenario("Download with the wrong checksum")
 def _(ctx):
     ctx.monkeypatch.setattr(time, "sleep", lambda seconds: None)
     with _Server(b"not Shakespeare\n" * 100) as server:
-        prepare_shakespeare.main(["--url", server.url, "--out_dir", str(ctx.tmp / "data")])
+        prepare_shakespeare.main([f"--url={server.url}", f"--data_dir={ctx.tmp / 'data'}"])
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -428,23 +432,23 @@ def _(ctx):
 
 @scenario("Misspelled key in a grid search")
 def _(ctx):
-    tune.main(["config/cpu.py", "--grid", "n_layers=1,2"])
+    tune.main(["config/cpu.py", "n_layers=1,2"])
 
 
 # ----------------------------------------------------------------------------------------------------------------------
 
-def test_the_readme_table_and_the_scenarios_list_the_same_mistakes():
-    in_readme = [row[0] for row in readme_rows()]
-    assert len(in_readme) == len(set(in_readme)), "a mistake is listed twice in the README table"
-    assert set(in_readme) - set(SCENARIOS) == set(), "README rows without a scenario in tests/test_errors.py"
-    assert set(SCENARIOS) - set(in_readme) == set(), "scenarios without a row in the README table"
+def test_the_table_and_the_scenarios_list_the_same_mistakes():
+    in_table = [row[0] for row in table_rows()]
+    assert len(in_table) == len(set(in_table)), "a mistake is listed twice in the table of docs/errors.md"
+    assert set(in_table) - set(SCENARIOS) == set(), "docs/errors.md rows without a scenario in tests/test_errors.py"
+    assert set(SCENARIOS) - set(in_table) == set(), "scenarios without a row in the table of docs/errors.md"
 
 
-@pytest.mark.parametrize("mistake, where, excerpt", readme_rows(), ids=[row[0] for row in readme_rows()])
+@pytest.mark.parametrize("mistake, where, excerpt", table_rows(), ids=[row[0] for row in table_rows()])
 def test_each_mistake_ends_with_its_message(mistake, where, excerpt, tmp_path, tiny_data, tiny_run, monkeypatch,
                                             capsys):
     if mistake not in SCENARIOS:
-        pytest.fail(f"no scenario for README row {mistake!r}")
+        pytest.fail(f"no scenario for the row {mistake!r} of docs/errors.md")
     with pytest.raises(SystemExit) as exc:
         SCENARIOS[mistake](Context(tmp_path, tiny_data, tiny_run, monkeypatch))
     err = capsys.readouterr().err

@@ -3,9 +3,9 @@ import math
 import pytest
 import torch
 
-import train
 import model as model_module
 from model import GPT, GPTConfig, KVCache, Linear
+from optim import make_optimizer
 
 
 def tiny_model(**overrides) -> GPT:
@@ -128,8 +128,8 @@ def test_tiny_model_overfits_one_batch(kind, lr):
     x = torch.randint(11, (4, 16))
     x[:, 0] = torch.arange(4)  # distinct first tokens, so every target is predictable from its prefix
     y = torch.randint(11, (4, 16))
-    optimizer = train.make_optimizer(model, lr, 0.0, (0.9, 0.99), fused=False, kind=kind, momentum=0.9,
-                                     muon_learning_rate=0.05)
+    optimizer = make_optimizer(model, lr, 0.0, (0.9, 0.99), fused=False, kind=kind, momentum=0.9,
+                               muon_learning_rate=0.05)
     for _ in range(200):
         _, loss = model(x, y)
         optimizer.zero_grad()

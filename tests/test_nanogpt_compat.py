@@ -7,7 +7,9 @@ import torch
 
 import sample
 import train
+from checkpoint import load_checkpoint
 from conftest import RunsCodeWhenUnpickled, tiny_train_args
+from data import load_meta
 from model import GPT, GPTConfig
 
 VOCAB = sorted(set("First Citizen:\nROMEO: hello, world!"))
@@ -38,7 +40,7 @@ def nanogpt_run(tmp_path):
 
 def test_nanogpt_checkpoint_gives_the_same_logits(nanogpt_run):
     run, original = nanogpt_run
-    ckpt = train.load_checkpoint(run / "ckpt.pt")
+    ckpt = load_checkpoint(run / "ckpt.pt")
     assert ckpt["vocab"] == VOCAB and ckpt["iter_num"] == 250 and ckpt["best_val_loss"] == pytest.approx(1.4697)
     loaded = GPT(GPTConfig(**ckpt["model_config"]))
     loaded.load_state_dict(ckpt["model"])  # strict: every key matches once the prefix and the mask buffer are gone
@@ -77,7 +79,7 @@ def nanogpt_optimizer_state(model, step: int, reverse_decay_params: bool = False
 @pytest.fixture
 def nanogpt_run_on_tiny_data(tmp_path, tiny_data):
     """A nanoGPT run at iter 250 trained on tiny_data's vocabulary, with its optimizer state."""
-    vocab = train.load_meta(tiny_data)["vocab"]
+    vocab = load_meta(tiny_data)["vocab"]
     torch.manual_seed(0)
     args = dict(n_layer=1, n_head=2, n_embd=32, block_size=16, bias=True, vocab_size=len(vocab), dropout=0.0)
     model = GPT(GPTConfig(**args))
@@ -91,8 +93,8 @@ def test_resuming_a_nanogpt_checkpoint_continues_its_optimizer(nanogpt_run_on_ti
     shape = dict(n_layer=1, n_head=2, n_embd=32, block_size=16, bias=True)
     summary = train.main(tiny_train_args(tiny_data, run, init_from="resume", max_iters=260, **shape))
     assert "holds no random-number states (nanoGPT saves none)" in capsys.readouterr().out
-    assert summary["iters"] == 260 and summary["status"] == "finished"
-    ckpt = train.load_checkpoint(run / "ckpt.pt")  # now in this harness's format
+    assert summary["iter_num"] == 260 and summary["status"] == "finished"
+    ckpt = load_checkpoint(run / "ckpt.pt")  # now in this harness's format
     assert "format_version" in ckpt and ckpt["iter_num"] == 260
     steps = {moments["step"].item() for moments in ckpt["optimizer"]["state"].values()}
     assert steps == {260.0}  # AdamW's bias correction continues from nanoGPT's 250 steps

@@ -1,3 +1,4 @@
+import contextlib
 import json
 import shutil
 
@@ -6,8 +7,10 @@ import torch
 
 import train
 from conftest import tiny_train_args
+from data import load_data
+from evaluate import evaluate_split
 from model import GPT, GPTConfig
-from optim import Muon, orthogonalize
+from optim import Muon, l1_norm, make_optimizer, orthogonalize, update_ema
 
 
 def read_metrics(out_dir):
@@ -71,8 +74,7 @@ def test_muon_solves_a_small_least_squares_problem():
 
 def test_muon_takes_the_blocks_matrices_and_adamw_the_rest():
     model = GPT(GPTConfig(vocab_size=11, block_size=8, n_layer=2, n_head=2, n_embd=16, tie_weights=False))
-    optimizer = train.make_optimizer(model, 1e-3, 0.1, (0.9, 0.99), fused=False, kind="muon",
-                                     muon_learning_rate=0.02)
+    optimizer = make_optimizer(model, 1e-3, 0.1, (0.9, 0.99), fused=False, kind="muon", muon_learning_rate=0.02)
     names = {id(p): name for name, p in model.named_parameters()}
     muon, *adamw = optimizer.param_groups
     assert muon["use_muon"] and muon["lr_scale"] == pytest.approx(20.0)
@@ -92,8 +94,8 @@ def test_a_run_with_sgd_or_muon_learns_and_resumes_the_same_curve(tiny_data, tmp
     train.main(tiny_train_args(tiny_data, halves, max_iters=20, lr_decay_iters=40, eval_interval=10, **options))
     train.main(tiny_train_args(tiny_data, halves, max_iters=40, lr_decay_iters=40, eval_interval=10,
                                init_from="resume", **options))
-    expected = [(m["iter"], m["train_loss"], m["val_loss"]) for m in read_metrics(straight)]
-    assert [(m["iter"], m["train_loss"], m["val_loss"]) for m in read_metrics(halves)] == expected
+    expected = [(m["iter_num"], m["train_loss"], m["val_loss"]) for m in read_metrics(straight)]
+    assert [(m["iter_num"], m["train_loss"], m["val_loss"]) for m in read_metrics(halves)] == expected
     assert expected[-1][2] < expected[0][2] - 0.5
 
 
@@ -119,7 +121,7 @@ def test_l1_penalty_pulls_weights_to_zero(tiny_data, tmp_path):
     # The logged losses are the cross-entropy, without the penalty (about 1e-3 * 300 here).
     assert read_metrics(sparse)[-1]["train_loss"] < read_metrics(plain)[0]["train_loss"] - 0.5
     matrices = [torch.ones(2, 3), -torch.ones(4, 1)]
-    assert train.l1_norm(matrices).item() == 10.0
+    assert l1_norm(matrices).item() == 10.0
 
 
 def test_ema_follows_the_weights_with_its_decay():
@@ -127,9 +129,9 @@ def test_ema_follows_the_weights_with_its_decay():
     average = torch.nn.Linear(2, 2, bias=False)
     average.weight.data.zero_()
     model.weight.data.fill_(1.0)
-    train.update_ema(average, model, decay=0.5, iter_num=1000)
+    update_ema(average, model, decay=0.5, iter_num=1000)
     torch.testing.assert_close(average.weight, torch.full((2, 2), 0.5))
-    train.update_ema(average, model, decay=0.99, iter_num=0)  # early: d = 1/10, mostly the new weights
+    update_ema(average, model, decay=0.99, iter_num=0)  # early: d = 1/10, mostly the new weights
     torch.testing.assert_close(average.weight, torch.full((2, 2), 0.95))
 
 
@@ -144,14 +146,14 @@ def test_ema_is_evaluated_saved_and_resumed(tiny_data, tmp_path):
     assert not torch.equal(ckpt["model"][name], ckpt["train_model"][name])
     model = GPT(GPTConfig(**best["model_config"])).eval()
     model.load_state_dict(best["model"])
-    val = train.load_split(tiny_data, "val", train.load_meta(tiny_data), "cpu")[0]
-    loss = train.evaluate_split(model, val, 16, 64, train.nullcontext())["loss"]
+    val = load_data(tiny_data, "cpu", 16)[2]
+    loss = evaluate_split(model, val, 16, 64, contextlib.nullcontext())["loss"]
     assert loss == pytest.approx(summary["best_val_loss"], abs=1e-5)
 
     train.main(tiny_train_args(tiny_data, halves, max_iters=20, lr_decay_iters=40, eval_interval=10, ema=0.9))
     train.main(tiny_train_args(tiny_data, halves, max_iters=40, lr_decay_iters=40, eval_interval=10, ema=0.9,
                                init_from="resume"))
     def curve(run):
-        return [(m["iter"], m["train_loss"], m["val_loss"]) for m in read_metrics(run)]
+        return [(m["iter_num"], m["train_loss"], m["val_loss"]) for m in read_metrics(run)]
 
     assert len(curve(straight)) == 5 and curve(halves) == curve(straight)

@@ -4,6 +4,8 @@ import pytest
 from matplotlib.colors import to_rgba
 
 import plot
+import runlog
+from configurator import UsageError
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -17,7 +19,7 @@ CURVES = {
 
 def write_run(run_dir, curve):
     run_dir.mkdir(parents=True)
-    lines = [json.dumps({"iter": i, "train_loss": t, "val_loss": v, "lr": 1e-3, "elapsed_s": s, "tokens": n})
+    lines = [json.dumps({"iter_num": i, "train_loss": t, "val_loss": v, "lr": 1e-3, "elapsed_s": s, "tokens_seen": n})
              for i, t, v, s, n in curve]
     (run_dir / "metrics.jsonl").write_text("\n".join(lines) + "\n")
     return run_dir
@@ -70,18 +72,18 @@ def test_a_narrow_loss_range_stays_linear(tmp_path):
     assert fig.axes[0].get_yscale() == "linear"
 
 
-@pytest.mark.parametrize("x, column", [("tokens", 4), ("time", 3)])
+@pytest.mark.parametrize("x, column", [("tokens_seen", 4), ("elapsed_s", 3)])
 def test_x_axis_uses_the_chosen_column(runs, tmp_path, x, column):
     fig = plot.plot_runs(runs, tmp_path / "loss.png", x=x)
     ax = fig.axes[0]
     assert list(val_lines(ax)[0].get_xdata()) == [c[column] for c in CURVES["a"]]
     assert list(marker_lines(ax)[0].get_xdata()) == [CURVES["a"][2][column]]
-    assert ax.get_xlabel() == plot.X_AXES[x][1]
+    assert ax.get_xlabel() == plot.X_AXES[x]
 
 
 def test_command_line_prints_the_table_and_writes_the_png(runs, tmp_path, capsys):
     output = tmp_path / "out.png"
-    fig = plot.main([str(runs[0]), str(runs[1]), f"--output={output}", "--x=tokens"])
+    fig = plot.main([str(runs[0]), str(runs[1]), f"--output={output}", "--x=tokens_seen"])
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split() == ["run", "best", "val", "loss", "at", "iter", "final", "val", "loss", "evals"]
     assert lines[1].split() == ["a", "1.5500", "200", "1.6000", "4"]
@@ -141,33 +143,35 @@ def test_no_runs_under_out(tmp_path, monkeypatch, capsys):
 
 
 def test_bad_x(runs, capsys):
-    assert "'x' on the command line must be 'iter' or 'time' or 'tokens', got 'epochs'" in \
+    assert "'x' on the command line must be 'iter_num' or 'elapsed_s' or 'tokens_seen', got 'epochs'" in \
         error_of(capsys, [str(runs[0]), "--x=epochs"])
-    with pytest.raises(plot.UsageError, match="x must be one of iter, time, tokens"):
+    with pytest.raises(UsageError, match="x must be one of iter_num, elapsed_s, tokens_seen"):
         plot.plot_runs(runs, "unused.png", x="epochs")
 
 
 def test_option_without_a_value(runs, capsys):
-    assert "option '--output' needs a value: write --output=VALUE" in error_of(capsys, [str(runs[0]), "--output"])
+    assert "'output' on the command line needs a value: write --output=VALUE" in \
+        error_of(capsys, [str(runs[0]), "--output"])
 
 
 @pytest.mark.parametrize("content, message", [
     ("", "is empty: the run has not reached its first evaluation yet"),
-    ('{"iter": 0, "train_loss": 4.2, "val_loss": 4.2}\n{"iter": 10, "train_loss": 3\n', "line 2 is not valid JSON"),
-    ('{"iter": 0, "train_loss": 4.2, "val_loss": 4.2}\n\n[1, 2]\n', "line 3 is not a JSON object"),
-    ('{"iter": 0, "train_loss": 4.2}\n', "line 1 has no 'val_loss'"),
-    ('{"iter": 0, "train_loss": 4.2, "val_loss": null}\n', "line 1 has a non-number (None) for 'val_loss'"),
+    ('{"iter_num": 0, "train_loss": 4.2, "val_loss": 4.2}\n{"iter_num": 10, "train_loss": 3\n',
+     "line 2 is not valid JSON"),
+    ('{"iter_num": 0, "train_loss": 4.2, "val_loss": 4.2}\n\n[1, 2]\n', "line 3 is not a JSON object"),
+    ('{"iter_num": 0, "train_loss": 4.2}\n', "line 1 has no 'val_loss'"),
+    ('{"iter_num": 0, "train_loss": 4.2, "val_loss": null}\n', "line 1 has a non-number (None) for 'val_loss'"),
 ])
 def test_read_metrics_names_the_file_and_line(tmp_path, content, message):
     (tmp_path / "metrics.jsonl").write_text(content)
-    with pytest.raises(plot.UsageError) as exc:
-        plot.read_metrics(tmp_path)
+    with pytest.raises(UsageError) as exc:
+        runlog.read_metrics(tmp_path)
     assert str(exc.value).startswith(str(tmp_path / "metrics.jsonl")) and message in str(exc.value)
 
 
 def test_a_missing_x_column_is_named(tmp_path):
     run = tmp_path / "old"
     run.mkdir()
-    (run / "metrics.jsonl").write_text('{"iter": 0, "train_loss": 4.2, "val_loss": 4.2}\n')
-    with pytest.raises(plot.UsageError, match="line 1 has no 'tokens'"):
-        plot.plot_runs([run], tmp_path / "o.png", x="tokens")
+    (run / "metrics.jsonl").write_text('{"iter_num": 0, "train_loss": 4.2, "val_loss": 4.2}\n')
+    with pytest.raises(UsageError, match="line 1 has no 'tokens_seen'"):
+        plot.plot_runs([run], tmp_path / "o.png", x="tokens_seen")

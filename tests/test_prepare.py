@@ -8,19 +8,20 @@ import pytest
 
 import prepare_shakespeare as prep
 from conftest import SHAKESPEARE
+from data import build_vocab, decode, encode
 
 
 def test_encode_decode_round_trip():
     text = "To be, or not to be:\nthat is the question."
-    vocab = prep.build_vocab(text)
+    vocab = build_vocab(text)
     assert vocab == sorted(set(text))
-    ids = prep.encode(text, vocab)
-    assert prep.decode(ids, vocab) == text
+    ids = encode(text, vocab)
+    assert decode(ids, vocab) == text
     assert max(ids) == len(vocab) - 1
 
 
 def test_shipped_text_counts_and_vocabulary(tmp_path, capsys):
-    meta = prep.main(["--input", str(SHAKESPEARE), "--out_dir", str(tmp_path)])
+    meta = prep.main([f"--input={SHAKESPEARE}", f"--data_dir={tmp_path}"])
     assert meta["vocab_size"] == 65
     assert (meta["train_tokens"], meta["val_tokens"]) == (1_003_854, 111_540)
     assert "1,003,854 train and 111,540 val tokens" in capsys.readouterr().out
@@ -29,14 +30,14 @@ def test_shipped_text_counts_and_vocabulary(tmp_path, capsys):
     assert len(train_ids) == 1_003_854 and len(val_ids) == 111_540
     text = SHAKESPEARE.read_text(encoding="utf-8")
     on_disk = json.loads((tmp_path / "meta.json").read_text(encoding="utf-8"))
-    assert prep.decode(train_ids[:200], on_disk["vocab"]) == text[:200]
-    assert prep.decode(val_ids[-200:], on_disk["vocab"]) == text[-200:]
+    assert decode(train_ids[:200], on_disk["vocab"]) == text[:200]
+    assert decode(val_ids[-200:], on_disk["vocab"]) == text[-200:]
 
 
 def test_input_any_utf8_text(tmp_path):
     source = tmp_path / "poem.txt"
     source.write_text("héllo wörld, ünïcode ✓\n" * 20, encoding="utf-8")
-    meta = prep.main(["--input", str(source), "--out_dir", str(tmp_path / "data"), "--val_fraction", "0.25"])
+    meta = prep.main([f"--input={source}", f"--data_dir={tmp_path / 'data'}", "--val_fraction=0.25"])
     assert "✓" in meta["vocab"] and meta["vocab"] == sorted(set(source.read_text(encoding="utf-8")))
     assert meta["train_tokens"] + meta["val_tokens"] == len(source.read_text(encoding="utf-8"))
     assert meta["val_tokens"] == 115
@@ -83,7 +84,7 @@ def test_download_checks_sha256_and_renames_into_place(tmp_path):
 def test_download_checksum_mismatch_leaves_no_file_and_explains(tmp_path, capsys):
     with _Server(b"not the text you are looking for") as server:
         with pytest.raises(SystemExit) as exc:
-            prep.main(["--url", server.url, "--out_dir", str(tmp_path)])
+            prep.main([f"--url={server.url}", f"--data_dir={tmp_path}"])
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert "checksum mismatch" in err and "Place the file by hand" in err and prep.SHAKESPEARE_SHA256 in err
@@ -96,7 +97,7 @@ def test_network_failure_retries_then_explains(tmp_path, capsys, monkeypatch):
     with _Server(b"") as server:
         dead_url = server.url
     with pytest.raises(SystemExit) as exc:
-        prep.main(["--url", dead_url, "--out_dir", str(tmp_path)])
+        prep.main([f"--url={dead_url}", f"--data_dir={tmp_path}"])
     assert exc.value.code == 2
     assert "could not download" in capsys.readouterr().err
     assert sleeps == [1.0, 2.0]  # three tries with exponential backoff between them

@@ -13,7 +13,9 @@ import numpy as np
 import pytest
 import torch
 
+import checkpoint
 import prepare_shakespeare
+import runlog
 import train
 from conftest import REPO, tiny_train_args
 
@@ -37,14 +39,14 @@ train.main(sys.argv[2:])
 
 
 def metrics_of(out_dir):
-    return [(m["iter"], m["train_loss"], m["val_loss"])
+    return [(m["iter_num"], m["train_loss"], m["val_loss"])
             for m in map(json.loads, (out_dir / "metrics.jsonl").read_text().splitlines())]
 
 
 def assert_checkpoints_load(out_dir):
     for name in ("best.pt", "ckpt.pt"):
         if (out_dir / name).exists():
-            train.load_checkpoint(out_dir / name)  # a UsageError here means a damaged checkpoint
+            checkpoint.load_checkpoint(out_dir / name)  # a UsageError here means a damaged checkpoint
 
 
 def test_every_rng_state_round_trips_through_a_checkpoint(tmp_path):
@@ -53,20 +55,19 @@ def test_every_rng_state_round_trips_through_a_checkpoint(tmp_path):
     torch.manual_seed(3)
     batch_gen = torch.Generator().manual_seed(4)
     np.random.normal()  # leaves a cached Gaussian in NumPy's legacy state
-    train.save_atomic({"rng": train.rng_state(batch_gen, "cpu")}, tmp_path / "rng.pt")
+    torch.save({"rng": checkpoint.rng_state(batch_gen)}, tmp_path / "rng.pt")
     draws = lambda: (random.random(), np.random.normal(), torch.rand(2).tolist(),  # noqa: E731
                      torch.randint(100, (3,), generator=batch_gen).tolist())
     expected = draws()
     draws()  # move every generator on
     loaded = torch.load(tmp_path / "rng.pt", weights_only=True)  # plain data and tensors only
-    train.restore_rng(loaded["rng"], batch_gen, "cpu")
+    checkpoint.restore_rng(loaded["rng"], batch_gen)
     assert draws() == expected
 
 
 def test_resume_on_other_data_is_refused_naming_each_split(tiny_run, tiny_data, tmp_path, capsys):
     other = tmp_path / "other_data"  # the same text and vocabulary, split elsewhere
-    prepare_shakespeare.main(["--input", str(tiny_data / "tiny.txt"), "--out_dir", str(other),
-                              "--val_fraction", "0.2"])
+    prepare_shakespeare.main([f"--input={tiny_data / 'tiny.txt'}", f"--data_dir={other}", "--val_fraction=0.2"])
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)
     with pytest.raises(SystemExit) as exc:
@@ -79,22 +80,24 @@ def test_resume_on_other_data_is_refused_naming_each_split(tiny_run, tiny_data, 
 
 def test_metrics_logged_after_the_checkpoint_are_dropped_on_resume(tmp_path):
     path = tmp_path / "metrics.jsonl"
-    path.write_text("".join(json.dumps({"iter": i, "val_loss": 1.0}) + "\n" for i in (0, 10, 20, 30)) + '{"iter": 4')
-    train.trim_metrics(path, 20)
-    assert [json.loads(line)["iter"] for line in path.read_text().splitlines()] == [0, 10, 20]
+    rows = [{"iter_num": 0, "val_loss": 1.0}, {"iter": 10, "val_loss": 1.0},  # a line from before the rename, too
+            {"iter_num": 20, "val_loss": 1.0}, {"iter_num": 30, "val_loss": 1.0}]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows) + '{"iter_num": 4')  # the last line cut short
+    runlog.trim_metrics(path, 20)
+    assert [json.loads(line)["iter_num"] for line in path.read_text().splitlines()] == [0, 10, 20]
 
 
 def test_a_best_pt_newer_than_ckpt_pt_is_never_overwritten_by_a_worse_model(tiny_run, tiny_data, tmp_path):
     # As if the process died after writing best.pt and before writing ckpt.pt: best.pt knows a better loss.
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)
-    best = train.load_checkpoint(run / "best.pt")
+    best = checkpoint.load_checkpoint(run / "best.pt")
     best["best_val_loss"] = 0.5
-    train.save_atomic(best, run / "best.pt")
+    torch.save(best, run / "best.pt")
     before = (run / "best.pt").read_bytes()
     train.main(tiny_train_args(tiny_data, run, init_from="resume", max_iters=60))
     assert (run / "best.pt").read_bytes() == before
-    assert train.load_checkpoint(run / "ckpt.pt")["iter_num"] == 60
+    assert checkpoint.load_checkpoint(run / "ckpt.pt")["iter_num"] == 60
 
 
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full to simulate a full disk")
@@ -111,7 +114,7 @@ def test_a_full_disk_while_saving_ends_with_a_message_and_keeps_the_previous_che
     assert f"could not write {run}/ckpt.pt: No space left on device; the previous ckpt.pt is untouched" in err
     assert "free some disk space and run the same command with --init_from=resume" in err
     assert (run / "ckpt.pt").read_bytes() == before and not os.path.lexists(run / "ckpt.pt.tmp")
-    assert train.main(tiny_train_args(tiny_data, run, init_from="resume", max_iters=60))["iters"] == 60
+    assert train.main(tiny_train_args(tiny_data, run, init_from="resume", max_iters=60))["iter_num"] == 60
 
 
 def test_a_second_ctrl_c_quits_at_once_and_leaves_the_last_checkpoint_intact(tiny_data, tmp_path, monkeypatch,
@@ -139,10 +142,10 @@ def test_a_second_ctrl_c_quits_at_once_and_leaves_the_last_checkpoint_intact(tin
     captured = capsys.readouterr()
     assert exc.value.code == 130 and "Traceback" not in captured.err
     assert "second stop request: quitting at once" in captured.out + captured.err
-    assert train.load_checkpoint(out / "ckpt.pt")["iter_num"] == 10  # the one written at the last evaluation
+    assert checkpoint.load_checkpoint(out / "ckpt.pt")["iter_num"] == 10  # the one written at the last evaluation
     assert not (out / "ckpt.pt.tmp").exists()
     monkeypatch.undo()
-    assert train.main(tiny_train_args(tiny_data, out, init_from="resume"))["iters"] == 40
+    assert train.main(tiny_train_args(tiny_data, out, init_from="resume"))["iter_num"] == 40
 
 
 @pytest.mark.parametrize("kill_at", [1, 2, 3, 4, 7])
@@ -179,9 +182,9 @@ def test_sigkill_at_any_moment_leaves_loadable_checkpoints_and_resume_works(dela
     proc.kill()
     proc.communicate(timeout=60)
     assert_checkpoints_load(out)
-    resumed_from = train.load_checkpoint(out / "ckpt.pt")["iter_num"]
+    resumed_from = checkpoint.load_checkpoint(out / "ckpt.pt")["iter_num"]
     summary = train.main(tiny_train_args(tiny_data, out, max_iters=resumed_from + 3, eval_interval=1, eval_iters=1,
                                          init_from="resume"))
-    assert summary["iters"] == resumed_from + 3
+    assert summary["iter_num"] == resumed_from + 3
     iters = [m[0] for m in metrics_of(out)]
     assert iters == list(range(resumed_from + 4))  # every evaluation once, none lost or repeated

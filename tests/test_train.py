@@ -10,10 +10,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import runlog
 import sample
 import train
 from conftest import REPO, RunsCodeWhenUnpickled, tiny_train_args
+from evaluate import classification_metrics, evaluate_split
 from model import GPT, GPTConfig
+from optim import make_optimizer
+from train import TrainConfig
 
 
 def read_metrics(out_dir):
@@ -29,25 +33,26 @@ def test_tiny_run_writes_its_records_and_learns(tiny_run):
     assert run["torch_version"] == torch.__version__
 
     metrics = read_metrics(tiny_run)
-    assert [m["iter"] for m in metrics] == [0, 10, 20, 30, 40]
-    assert {"iter", "train_loss", "val_loss", "val_ppl", "val_bpc", "val_acc", "val_top5", "lr", "elapsed_s",
-            "tokens"} <= metrics[0].keys()
+    assert [m["iter_num"] for m in metrics] == [0, 10, 20, 30, 40]
+    assert set(runlog.METRICS_KEYS) == metrics[0].keys() == {
+        "iter_num", "train_loss", "val_loss", "val_ppl", "val_bpc", "val_acc", "val_top5", "lr", "elapsed_s",
+        "tokens_seen"}
     assert all(m["val_ppl"] == pytest.approx(math.exp(m["val_loss"]), rel=1e-4) for m in metrics)
     assert all(m["val_bpc"] == pytest.approx(m["val_loss"] / math.log(2), rel=1e-5) for m in metrics)
     assert all(0 <= m["val_acc"] <= m["val_top5"] <= 1 for m in metrics)
     assert metrics[-1]["val_acc"] > metrics[0]["val_acc"]
-    assert metrics[-1]["tokens"] == 40 * 8 * 16
+    assert metrics[-1]["tokens_seen"] == 40 * 8 * 16
     assert metrics[-1]["val_loss"] < metrics[0]["val_loss"] - 0.5
     assert metrics[-1]["train_loss"] < metrics[0]["train_loss"] - 0.5
 
     summary = json.loads((tiny_run / "summary.json").read_text())
     best_row = min(metrics, key=lambda m: m["val_loss"])
-    assert summary["status"] == "finished" and summary["iters"] == 40 and summary["params"] == run["params"]
-    assert (summary["best_val_loss"], summary["best_iter"]) == (best_row["val_loss"], best_row["iter"])
+    assert summary["status"] == "finished" and summary["iter_num"] == 40 and summary["params"] == run["params"]
+    assert (summary["best_val_loss"], summary["best_iter"]) == (best_row["val_loss"], best_row["iter_num"])
     assert summary["final"]["val_acc"] == metrics[-1]["val_acc"]
     assert 0 < summary["final"]["f1_macro"] <= 1 and 0 < summary["final"]["precision_macro"] <= 1
     assert summary["gap_at_end"] == pytest.approx(metrics[-1]["val_loss"] - metrics[-1]["train_loss"], abs=1e-6)
-    assert summary["tokens"] == 40 * 8 * 16 and summary["wall_time_s"] > 0 and summary["tokens_per_s"] > 0
+    assert summary["tokens_seen"] == 40 * 8 * 16 and summary["elapsed_s"] > 0 and summary["tokens_per_s"] > 0
 
     ckpt = torch.load(tiny_run / "ckpt.pt", weights_only=True)
     best = torch.load(tiny_run / "best.pt", weights_only=True)
@@ -68,9 +73,9 @@ def test_resume_continues_the_same_loss_curve(tmp_path, tiny_data):
     assert torch.load(halves / "ckpt.pt", weights_only=True)["iter_num"] == 20
     result = train.main(tiny_train_args(tiny_data, halves, max_iters=40, lr_decay_iters=40, eval_interval=5,
                                         init_from="resume"))
-    assert result["iters"] == 40
-    expected = [(m["iter"], m["train_loss"], m["val_loss"]) for m in read_metrics(straight)]
-    resumed = [(m["iter"], m["train_loss"], m["val_loss"]) for m in read_metrics(halves)]
+    assert result["iter_num"] == 40
+    expected = [(m["iter_num"], m["train_loss"], m["val_loss"]) for m in read_metrics(straight)]
+    resumed = [(m["iter_num"], m["train_loss"], m["val_loss"]) for m in read_metrics(halves)]
     assert len(expected) == 9
     assert resumed == expected
 
@@ -87,7 +92,7 @@ def test_validation_loss_covers_the_whole_split_deterministically():
     torch.manual_seed(0)
     model = GPT(GPTConfig(block_size=8, vocab_size=7, n_layer=1, n_head=1, n_embd=8)).eval()
     data = torch.randint(7, (43,))
-    got = train.evaluate_split(model, data, block_size=8, batch_size=2, autocast=torch.no_grad())
+    got = evaluate_split(model, data, block_size=8, batch_size=2, autocast=torch.no_grad())
     # By hand: 42 targets, five full windows of 8 and one window of 2, every target counted once.
     losses, hits, top5 = [], 0, 0
     for start in range(0, 42, 8):
@@ -101,7 +106,7 @@ def test_validation_loss_covers_the_whole_split_deterministically():
     assert got["loss"] == pytest.approx(expected.mean().item(), rel=1e-6)
     assert got["acc"] == pytest.approx(hits / 42) and got["top5"] == pytest.approx(top5 / 42)
     assert got["confusion"].sum().item() == 42 and got["confusion"].diagonal().sum().item() == hits
-    again = train.evaluate_split(model, data, block_size=8, batch_size=4, autocast=torch.no_grad())
+    again = evaluate_split(model, data, block_size=8, batch_size=4, autocast=torch.no_grad())
     assert again["loss"] == got["loss"] and torch.equal(again["confusion"], got["confusion"])
 
 
@@ -114,14 +119,14 @@ def test_macro_precision_recall_f1_by_hand():
     precision = [3 / 6, 2 / 3, 0.0]
     recall = [3 / 4, 2 / 4, 0.0]
     f1 = [2 * p * r / (p + r) if p + r else 0.0 for p, r in zip(precision, recall)]
-    got = train.classification_metrics(confusion)
+    got = classification_metrics(confusion)
     assert got["precision_macro"] == pytest.approx(sum(precision) / 3)
     assert got["recall_macro"] == pytest.approx(sum(recall) / 3)
     assert got["f1_macro"] == pytest.approx(sum(f1) / 3)
     # A character of the vocabulary that never occurs as a target does not enter the average.
     padded = torch.zeros(4, 4, dtype=torch.long)
     padded[:3, :3] = confusion
-    assert train.classification_metrics(padded)["recall_macro"] == pytest.approx(sum(recall) / 3)
+    assert classification_metrics(padded)["recall_macro"] == pytest.approx(sum(recall) / 3)
 
 
 def test_bits_per_character_and_perplexity_by_hand(tiny_run):
@@ -136,31 +141,32 @@ def test_early_stopping_stops_after_patience_evaluations(tiny_data, tmp_path):
     summary = train.main(tiny_train_args(tiny_data, out, max_iters=400, eval_interval=5, learning_rate=0.5,
                                          min_lr=0.5, warmup_iters=0, early_stop_patience=2))
     metrics = read_metrics(out)
-    assert summary["status"] == "early_stopped" and summary["iters"] < 400
-    best_index = [m["iter"] for m in metrics].index(summary["best_iter"])
+    assert summary["status"] == "early_stopped" and summary["iter_num"] < 400
+    best_index = [m["iter_num"] for m in metrics].index(summary["best_iter"])
     assert len(metrics) == best_index + 1 + 2  # exactly `patience` evaluations after the best
     assert all(m["val_loss"] >= summary["best_val_loss"] for m in metrics[best_index + 1:])
     assert json.loads((out / "summary.json").read_text())["status"] == "early_stopped"
 
 
-def test_summary_flags_a_val_loss_that_rose_after_its_best():
-    rows = [{"iter": i, "train_loss": t, "val_loss": v, "val_ppl": math.exp(v), "val_bpc": v / math.log(2),
-             "val_acc": 0.5, "val_top5": 0.9, "tokens": i * 10}
-            for i, t, v in [(0, 4.0, 4.0), (10, 1.5, 1.60), (20, 1.2, 1.65)]]
-    summary = train.summarize_run(rows, {"precision_macro": 0.5, "recall_macro": 0.4, "f1_macro": 0.45}, run="r",
-                                  out_dir="out/r", status="finished", params=1, max_iters=20, wall_time_s=1.0,
-                                  tokens_per_s=10.0)
+def test_summary_flags_a_val_loss_that_rose_after_its_best(tmp_path):
+    def summary_of(curve):
+        rows = [{"iter_num": i, "train_loss": t, "val_loss": v, "val_ppl": math.exp(v), "val_bpc": v / math.log(2),
+                 "val_acc": 0.5, "val_top5": 0.9, "tokens_seen": i * 10} for i, t, v in curve]
+        (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+        return runlog.finish(tmp_path, "finished", {"precision_macro": 0.5, "recall_macro": 0.4, "f1_macro": 0.45},
+                             params=1, max_iters=20, elapsed_s=1.0, tokens_per_s=10.0)
+
+    summary = summary_of([(0, 4.0, 4.0), (10, 1.5, 1.60), (20, 1.2, 1.65)])
     assert summary["overfit"] is True and summary["val_rise_after_best"] == pytest.approx(0.05)
     assert summary["best_iter"] == 10 and summary["gap_at_best"] == pytest.approx(0.10)
     assert summary["gap_at_end"] == pytest.approx(0.45)
-    rows[-1]["val_loss"] = 1.605  # within the margin: not flagged
-    assert train.summarize_run(rows, {"precision_macro": 0, "recall_macro": 0, "f1_macro": 0}, run="r",
-                               out_dir="out/r", status="finished", params=1, max_iters=20, wall_time_s=1.0,
-                               tokens_per_s=10.0)["overfit"] is False
+    assert json.loads((tmp_path / "summary.json").read_text()) == summary
+    assert summary_of([(0, 4.0, 4.0), (10, 1.5, 1.60), (20, 1.2, 1.605)])["overfit"] is False  # within the margin
 
 
 def test_learning_rate_schedule():
-    lr = lambda it: train.get_lr(it, learning_rate=1.0, min_lr=0.1, warmup_iters=10, lr_decay_iters=110)
+    cfg = TrainConfig(learning_rate=1.0, min_lr=0.1, warmup_iters=10, lr_decay_iters=110)
+    lr = lambda it: train.get_lr(it, cfg)  # noqa: E731
     assert lr(0) == pytest.approx(1 / 11)
     assert lr(9) == pytest.approx(10 / 11)
     assert lr(10) == pytest.approx(1.0)
@@ -175,8 +181,9 @@ def test_learning_rate_schedule():
     ("wsd", 1.0, 0.775),  # flat until iter 90 (the last 20% of the 100 decay steps), then a line to 0.1
 ])
 def test_other_learning_rate_schedules(schedule, at_60, at_95):
-    lr = lambda it: train.get_lr(it, learning_rate=1.0, min_lr=0.1, warmup_iters=10, lr_decay_iters=110,  # noqa: E731
-                                 schedule=schedule, wsd_decay_fraction=0.2)
+    cfg = TrainConfig(learning_rate=1.0, min_lr=0.1, warmup_iters=10, lr_decay_iters=110, lr_schedule=schedule,
+                      wsd_decay_fraction=0.2)
+    lr = lambda it: train.get_lr(it, cfg)  # noqa: E731
     assert lr(0) == pytest.approx(1 / 11) and lr(10) == pytest.approx(1.0)  # the same warmup for every schedule
     assert (lr(60), lr(95)) == (pytest.approx(at_60), pytest.approx(at_95))
     assert lr(110) == lr(500) == pytest.approx(1.0 if schedule == "constant" else 0.1)
@@ -196,7 +203,7 @@ def test_label_smoothing_mixes_in_the_uniform_distribution():
 
 def test_weight_decay_only_on_matrices():
     model = GPT(GPTConfig(block_size=8, vocab_size=7, n_layer=1, n_head=1, n_embd=8, bias=True))
-    optimizer = train.make_optimizer(model, 1e-3, 0.1, (0.9, 0.99), fused=False)
+    optimizer = make_optimizer(model, 1e-3, 0.1, (0.9, 0.99), fused=False)
     decay, no_decay = optimizer.param_groups
     assert decay["weight_decay"] == 0.1 and all(p.dim() == 2 for p in decay["params"])
     assert no_decay["weight_decay"] == 0.0 and all(p.dim() == 1 for p in no_decay["params"])
@@ -289,8 +296,8 @@ def test_ctrl_c_saves_a_checkpoint_and_says_how_to_resume(tiny_data, tmp_path):
 
 
 def test_perplexity_of_a_far_from_trained_model_is_infinite_not_an_error():
-    assert train.perplexity(math.log(5.0)) == pytest.approx(5.0)
-    assert train.perplexity(1e4) == float("inf")  # math.exp would overflow here
+    assert runlog.perplexity(math.log(5.0)) == pytest.approx(5.0)
+    assert runlog.perplexity(1e4) == float("inf")  # math.exp would overflow here
 
 
 def test_a_run_with_the_non_default_options_learns_and_samples(tiny_data, tmp_path):
@@ -299,7 +306,7 @@ def test_a_run_with_the_non_default_options_learns_and_samples(tiny_data, tmp_pa
                                qk_norm="true", tie_weights="false", mlp="swiglu", position_encoding="rope",
                                dtype="bfloat16"))  # bf16 autocast: rope's tables must follow q's dtype
     metrics = read_metrics(out)
-    assert {m["lr"] for m in metrics if m["iter"] > 5} == {3e-3}  # warmup is 5 steps; no decay after it
+    assert {m["lr"] for m in metrics if m["iter_num"] > 5} == {3e-3}  # warmup is 5 steps; no decay after it
     assert metrics[-1]["val_loss"] < metrics[0]["val_loss"] - 0.5  # plain cross-entropy, lower than at the start
     (text,) = sample.main([f"--out_dir={out}", "--num_samples=1", "--max_new_tokens=20", "--device=cpu"])
     assert len(text) == 21  # the checkpoint rebuilds the same architecture

@@ -26,7 +26,7 @@ def read_csv(path):
 
 
 def test_grid_search_ranks_trials_and_skips_finished_ones_when_run_again(tiny_search, tmp_path, capsys):
-    argv = [str(tiny_search), "--grid", "learning_rate=1e-3,4e-3", "n_layer=1,2", "--max_iters=20"]
+    argv = [str(tiny_search), "learning_rate=1e-3,4e-3", "n_layer=1,2", "--max_iters=20"]
     tune.main(argv)
     search_dir = tmp_path / "out" / "tune-tiny"
     trial_dirs = sorted(p for p in search_dir.iterdir() if p.is_dir())
@@ -60,7 +60,7 @@ def test_grid_search_ranks_trials_and_skips_finished_ones_when_run_again(tiny_se
 
 def test_a_failing_trial_is_recorded_and_the_others_still_run(tiny_search, tmp_path, capsys):
     # n_embd is 32: 3 heads do not divide it, so train.py refuses that trial.
-    rows = tune.main([str(tiny_search), "--grid", "n_head=3,2", "--max_iters=10", "--name=heads"])
+    rows = tune.main([str(tiny_search), "n_head=3,2", "--max_iters=10", "--name=heads"])
     assert [(row["trial"], row["status"]) for row in rows] == [("n_head=2", "finished"), ("n_head=3", "failed")]
     assert rows[0]["rank"] == 1 and rows[1]["rank"] is None
     assert "'n_embd' (32) must be divisible by 'n_head' (3)" in rows[1]["error"]
@@ -119,12 +119,11 @@ def test_trial_names_are_stable_and_filesystem_safe():
 
 def test_bad_keys_are_refused_before_anything_runs(tiny_search, tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
-        tune.main([str(tiny_search), "--grid", "n_layers=1,2", "dropout=x", "--max_iterz=5", "--trails=2",
-                   "--out_dir=out/x"])
+        tune.main([str(tiny_search), "n_layers=1,2", "dropout=x", "--max_iterz=5", "--trails=2", "--out_dir=out/x"])
     assert exc.value.code == 2
     err = capsys.readouterr().err
-    assert "unknown key 'n_layers' in --grid (did you mean 'n_layer'?)" in err
-    assert "'dropout' in --grid must be float, got 'x'" in err
+    assert "unknown key 'n_layers' in the grid (did you mean 'n_layer'?)" in err
+    assert "'dropout' in the grid must be float, got 'x'" in err
     assert "unknown key 'max_iterz' on the command line (did you mean 'max_iters'?)" in err
     assert "unknown key 'trails' on the command line (did you mean 'trials'?)" in err
     assert "'out_dir' cannot be set" in err

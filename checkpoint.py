@@ -1,0 +1,293 @@
+"""Checkpoints: what ckpt.pt and best.pt hold, writing them so that a crash cannot damage them, loading them safely,
+resuming a run from one, and reading nanoGPT's checkpoints.
+
+A checkpoint describes itself: its format version, the model's config and vocabulary (enough to rebuild and sample
+from the model), the run's config, the data it was trained on, and the run's state (RunState). ckpt.pt adds what
+resuming needs: the optimizer, the grad scaler and every random-number generator's state. Everything is tensors and
+plain data, so it loads with torch.load(..., weights_only=True), which runs no code from the file.
+"""
+
+import pickle
+import random
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from configurator import UsageError
+from files import write_atomic
+from model import GPT, GPTConfig
+
+CHECKPOINT_FORMAT_VERSION = 1
+# The settings that give the model its weights' shapes and meaning: a checkpoint only resumes with the same ones.
+MODEL_SHAPE_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "bias", "norm", "qk_norm", "tie_weights", "mlp",
+                    "position_encoding")
+
+
+@dataclass
+class RunState:
+    """Where a run stands: what a checkpoint saves besides weights, optimizer and random-number states."""
+    iter_num: int = 0  # optimizer steps taken
+    best_val_loss: float = float("inf")  # the lowest val loss so far
+    best_iter: int | None = None  # the iteration it was measured at
+    evals_since_best: int = 0  # evaluations since then, for early stopping
+    tokens_seen: int = 0  # training tokens so far, over all processes
+    elapsed_s: float = 0.0  # seconds of training so far, over every resumed part of the run
+
+    def record_eval(self, val_loss: float) -> bool:
+        """Take in an evaluation's val loss; True when it is the best so far."""
+        improved = val_loss < self.best_val_loss
+        if improved:
+            self.best_val_loss, self.best_iter, self.evals_since_best = val_loss, self.iter_num, 0
+        else:
+            self.evals_since_best += 1
+        return improved
+
+
+@dataclass
+class Sources:
+    """What a run's checkpoints are taken from."""
+    about: dict  # model_config, train_config, vocab and data: what the run is
+    model: torch.nn.Module  # the weights evaluated and sampled from: the average with ema, else the trained ones
+    train_model: torch.nn.Module  # the weights trained (the uncompiled module: its keys load anywhere)
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    batch_gen: torch.Generator
+
+
+def save(path: Path, state: RunState, sources: Sources, resumable: bool = True) -> None:
+    """Write a checkpoint atomically: best.pt (resumable=False) holds the weights and what they are; ckpt.pt adds
+    what resuming needs."""
+    ckpt = {"format_version": CHECKPOINT_FORMAT_VERSION, "model": sources.model.state_dict(), **sources.about,
+            **asdict(state)}
+    if resumable:
+        if sources.model is not sources.train_model:  # with ema: "model" is the average
+            ckpt["train_model"] = sources.train_model.state_dict()
+        ckpt["optimizer"] = sources.optimizer.state_dict()
+        ckpt["scaler"] = sources.scaler.state_dict() if sources.scaler.is_enabled() else None
+        ckpt["rng"] = rng_state(sources.batch_gen)
+    write_atomic(path, lambda f: torch.save(ckpt, f),
+                 then="run the same command with --init_from=resume (or from scratch if out_dir has no ckpt.pt)")
+
+
+def load_checkpoint(path: Path, device: str = "cpu") -> dict:
+    """Load one of our checkpoints safely (weights_only: no code runs) or explain what is wrong with it."""
+    if not path.exists():
+        raise UsageError(f"checkpoint {path} not found")
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError:
+        # weights_only refuses any object that is not a tensor or plain data before building it: such a file
+        # could run code when loaded, and a checkpoint of this harness never holds one.
+        raise UsageError(f"checkpoint {path} was refused: it holds Python objects other than tensors and plain data, "
+                         "which could run code when loaded. Only load checkpoints made by train.py") from None
+    except Exception as e:  # a truncated or foreign file surfaces as many exception types; all mean "unreadable"
+        raise UsageError(f"checkpoint {path} cannot be read ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
+                         "it may be truncated or not a checkpoint") from None
+    if isinstance(ckpt, dict) and "model_args" in ckpt and "format_version" not in ckpt:
+        return from_nanogpt(ckpt, path)
+    if not isinstance(ckpt, dict) or "format_version" not in ckpt:
+        raise UsageError(f"checkpoint {path} is not a checkpoint of this harness (no format_version)")
+    if ckpt["format_version"] != CHECKPOINT_FORMAT_VERSION:
+        raise UsageError(f"checkpoint {path} has format version {ckpt['format_version']}, this code reads version "
+                         f"{CHECKPOINT_FORMAT_VERSION}")
+    return ckpt
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Sampling from a run
+
+def checkpoint_path(run_dir: Path) -> Path:
+    """The run's best.pt, else its ckpt.pt."""
+    if not run_dir.is_dir():
+        raise UsageError(f"run folder '{run_dir}' not found: pass --out_dir of a run under out/")
+    for name in ("best.pt", "ckpt.pt"):
+        if (run_dir / name).exists():
+            return run_dir / name
+    raise UsageError(f"run folder '{run_dir}' has no best.pt or ckpt.pt: it has not reached its first evaluation")
+
+
+def load_model(run_dir: Path, device: str):
+    """The run's best.pt (else ckpt.pt) as an eval-mode GPT on device, with its vocabulary and checkpoint info."""
+    path = checkpoint_path(run_dir)
+    ckpt = load_checkpoint(path, device)
+    model = GPT(GPTConfig(**ckpt["model_config"]))
+    model.load_state_dict(ckpt["model"])
+    model.to(device).eval()
+    info = {"path": str(path), "iter_num": ckpt["iter_num"], "best_val_loss": ckpt["best_val_loss"]}
+    return model, ckpt["vocab"], info
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Resuming
+
+def resume(out_dir: Path, settings: dict, vocab: list[str], data_info: dict, model, optimizer, scaler,
+           batch_gen: torch.Generator, announce: bool) -> tuple[RunState, dict | None]:
+    """Load out_dir/ckpt.pt into the model, optimizer, grad scaler and generators, after refusing a checkpoint that
+    does not fit this run (settings: its config as a dict). Returns the run's state and, with ema, the average."""
+    path = out_dir / "ckpt.pt"
+    if not path.exists():
+        raise UsageError(f"cannot resume: {path} not found. Point --out_dir at the run to resume, "
+                         "or leave out --init_from=resume to start a new run")
+    device = next(model.parameters()).device
+    ckpt = load_checkpoint(path, device)
+    check_resumable(ckpt, path, settings, vocab, data_info)
+    # With ema on, "model" holds the averaged weights (the ones evaluated and sampled from) and "train_model" the
+    # weights being trained.
+    model.load_state_dict(ckpt.get("train_model") or ckpt["model"])
+    load_optimizer_state(optimizer, ckpt["optimizer"])
+    if ckpt.get("scaler"):
+        scaler.load_state_dict(ckpt["scaler"])
+    state = RunState(**{f.name: ckpt[f.name] for f in fields(RunState)})
+    if ckpt.get("rng") is not None:
+        restore_rng(ckpt["rng"], batch_gen)
+    elif announce:
+        print(f"{path} holds no random-number states (nanoGPT saves none): batches and dropout continue from seed "
+              f"{settings['seed']}, so this is not the exact run nanoGPT would have continued")
+    # best.pt is written before ckpt.pt: if a crash came between the two, best.pt holds a better model than ckpt.pt
+    # knows of, and it must not be overwritten by a worse one.
+    if (out_dir / "best.pt").exists():
+        best = load_checkpoint(out_dir / "best.pt", device)
+        if best["best_val_loss"] < state.best_val_loss:
+            state.best_val_loss, state.best_iter = best["best_val_loss"], best["iter_num"]
+    return state, ckpt["model"] if "train_model" in ckpt else None
+
+
+def check_resumable(ckpt: dict, path: Path, settings: dict, vocab: list[str], data_info: dict) -> None:
+    """Refuse to resume from a checkpoint whose model shape, vocabulary, data or optimizer differ from this run's."""
+    if ckpt.get("optimizer") is None:
+        raise UsageError(f"{path} holds no optimizer state, so it cannot be resumed: start a new run with "
+                         "--init_from=scratch")
+    # Keys added after a checkpoint was written are absent from it: it was trained with their defaults.
+    saved = asdict(GPTConfig()) | ckpt["model_config"]
+    problems = [f"cannot resume from {path}: its model has {key} {saved[key]}, this run asks for "
+                f"{settings[key]} (set --{key}={saved[key]} or start a new run)"
+                for key in MODEL_SHAPE_KEYS if saved[key] != settings[key]]
+    data_dir = settings["data_dir"]
+    if ckpt["vocab"] != vocab:
+        problems.append(f"cannot resume from {path}: the vocabulary in {data_dir}/meta.json "
+                        f"({len(vocab)} characters) differs from the checkpoint's ({len(ckpt['vocab'])}); "
+                        "point --data_dir at the data it was trained on")
+    saved_data = ckpt.get("data") or data_info  # nanoGPT's checkpoints do not record their data
+    for split in ("train", "val"):
+        if saved_data[f"{split}_sha256"] != data_info[f"{split}_sha256"]:
+            problems.append(
+                f"cannot resume from {path}: {data_dir}/{split}.bin ({data_info[f'{split}_tokens']:,} "
+                f"tokens, sha256 {data_info[f'{split}_sha256'][:12]}) is not the data it was trained on "
+                f"({saved_data[f'{split}_tokens']:,} tokens, sha256 {saved_data[f'{split}_sha256'][:12]}); "
+                "point --data_dir at that data or start a new run")
+    saved_optimizer = (ckpt.get("train_config") or {}).get("optimizer", "adamw")  # nanoGPT's is AdamW
+    if saved_optimizer != settings["optimizer"]:
+        problems.append(f"cannot resume from {path}: it was trained with optimizer {saved_optimizer}, this run asks "
+                        f"for {settings['optimizer']} (set --optimizer={saved_optimizer} or start a new run)")
+    if problems:
+        raise UsageError(problems)
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None:
+    """Load a saved optimizer state, refusing one whose per-parameter tensors do not fit the model.
+
+    Every group's settings (betas, weight decay, momentum, fused, ...) stay this run's: a saved state would bring its
+    own. That also sets decoupled weight decay explicitly for AdamW states saved by older PyTorch versions, which lack
+    the flag and would otherwise load as Adam with L2."""
+    settings = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
+    optimizer.load_state_dict(state)
+    for group, own in zip(optimizer.param_groups, settings):
+        group.update(own)
+        for p in group["params"]:
+            moments = optimizer.state.get(p, {})
+            for name, value in moments.items():
+                if name != "step" and isinstance(value, torch.Tensor) and value.shape != p.shape:
+                    raise UsageError(f"the checkpoint's optimizer state does not fit the model ({name} of shape "
+                                     f"{tuple(value.shape)} for a parameter of shape {tuple(p.shape)}): "
+                                     "it was saved with another parameter order; start a new run")
+            step = moments.get("step")
+            if isinstance(step, torch.Tensor):  # torch's AdamW keeps it as a tensor; on the device if fused
+                on_device = group.get("fused") or group.get("capturable")
+                moments["step"] = step.to(device=p.device if on_device else "cpu", dtype=torch.float32)
+
+
+def rng_state(batch_gen: torch.Generator) -> dict:
+    """Every random-number generator's state, as tensors and plain data (loadable with weights_only)."""
+    np_state = np.random.get_state(legacy=False)  # {'bit_generator', 'state': {'key', 'pos'}, 'has_gauss', 'gauss'}
+    return {
+        "python": random.getstate(),
+        "numpy": {"bit_generator": np_state["bit_generator"], "key": np_state["state"]["key"].tolist(),
+                  "pos": int(np_state["state"]["pos"]), "has_gauss": int(np_state["has_gauss"]),
+                  "gauss": float(np_state["gauss"])},
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state(batch_gen.device) if batch_gen.device.type == "cuda" else None,
+        "batch": batch_gen.get_state(),
+    }
+
+
+def restore_rng(state: dict, batch_gen: torch.Generator) -> None:
+    if "python" in state:
+        version, internal, gauss_next = state["python"]
+        random.setstate((version, tuple(internal), gauss_next))
+    if "numpy" in state:
+        s = state["numpy"]
+        np.random.set_state({"bit_generator": s["bit_generator"], "has_gauss": s["has_gauss"], "gauss": s["gauss"],
+                             "state": {"key": np.array(s["key"], dtype=np.uint32), "pos": s["pos"]}})
+    torch.set_rng_state(state["torch"].cpu())
+    batch_gen.set_state(state["batch"].cpu())
+    if batch_gen.device.type == "cuda" and state.get("cuda") is not None:
+        torch.cuda.set_rng_state(state["cuda"].cpu(), batch_gen.device)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# nanoGPT's checkpoints
+
+class _PlainDataUnpickler(pickle.Unpickler):
+    """Unpickles dicts, lists, strings and numbers only: any other object (which could run code) is refused."""
+
+    def find_class(self, module, name):
+        raise pickle.UnpicklingError(f"{module}.{name} is not plain data")
+
+
+def read_nanogpt_meta(path: Path) -> list[str]:
+    """The vocabulary (id -> character) from nanoGPT's meta.pkl, read without running any code in it."""
+    try:
+        with open(path, "rb") as f:
+            meta = _PlainDataUnpickler(f).load()
+        itos = meta["itos"]
+        return [itos[i] for i in range(meta["vocab_size"])]
+    except (OSError, pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError) as e:
+        raise UsageError(f"{path} is not a readable nanoGPT meta.pkl ({type(e).__name__}: {e})") from None
+
+
+def from_nanogpt(ckpt: dict, path: Path) -> dict:
+    """A nanoGPT ckpt.pt in this harness's layout. The module names are the same (both follow GPT-2), so only
+    torch.compile's '_orig_mod.' prefix goes; the vocabulary comes from nanoGPT's meta.pkl, looked for beside the
+    checkpoint and then in nanoGPT's data/<dataset>/ folder."""
+    config = ckpt.get("config") or {}
+    dataset = config.get("dataset", "")
+    candidates = [path.parent / "meta.pkl"] + ([Path("data") / dataset / "meta.pkl"] if dataset else [])
+    meta_path = next((p for p in candidates if p.exists()), None)
+    if meta_path is None:
+        raise UsageError(f"{path} is a nanoGPT checkpoint, and its vocabulary is in nanoGPT's meta.pkl: copy "
+                         f"data/{dataset or '<dataset>'}/meta.pkl from nanoGPT next to {path.name}")
+    args = ckpt["model_args"]
+    model_config = {k: args[k] for k in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd", "dropout", "bias")}
+    vocab = read_nanogpt_meta(meta_path)
+    if len(vocab) != model_config["vocab_size"]:
+        raise UsageError(f"{meta_path} has {len(vocab)} characters but {path} was trained with "
+                         f"vocab_size {model_config['vocab_size']}: use the meta.pkl of the data it was trained on")
+    iter_num = int(ckpt.get("iter_num", 0))
+    tokens_per_iter = (config.get("batch_size", 0) * config.get("block_size", 0)
+                       * config.get("gradient_accumulation_steps", 0))
+    # nanoGPT keeps no RNG states, best iteration, elapsed time or early-stopping count.
+    state = RunState(iter_num=iter_num, best_val_loss=float(ckpt.get("best_val_loss", float("nan"))),
+                     tokens_seen=iter_num * tokens_per_iter)
+    return {
+        "format_version": CHECKPOINT_FORMAT_VERSION,
+        "source": "nanoGPT",
+        # nanoGPT without flash attention also saved its causal mask, as the buffer 'attn.bias': not a weight.
+        "model": {k.removeprefix("_orig_mod."): v for k, v in ckpt["model"].items() if not k.endswith(".attn.bias")},
+        "model_config": model_config,
+        "vocab": vocab,
+        **asdict(state),
+        "optimizer": ckpt.get("optimizer") or None,
+        "rng": None,
+    }

@@ -1,0 +1,247 @@
+"""Where and how a run computes: the device and dtype, mixed precision, the processes torchrun starts, and stop
+signals.
+
+Under torchrun each process trains a DistributedDataParallel replica, on its own GPU (cuda:LOCAL_RANK, NCCL) or on
+the CPU (gloo). Ranks describes this process's place among them; alone, it is rank 0 of 1 and every agreement
+between processes is the process's own value, so train.py's loop reads the same either way.
+"""
+
+import os
+import platform
+import random
+import signal
+import threading
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from configurator import UsageError
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Device, dtype, precision
+
+def resolve_device(requested: str) -> str:
+    if requested == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        if torch.backends.mps.is_available():
+            return "mps"
+        return "cpu"
+    if requested.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"device '{requested}' asked for, but this machine has no CUDA GPU: use --device=cpu")
+    if requested.startswith("cuda:") and int(requested[5:]) >= torch.cuda.device_count():
+        raise UsageError(f"device '{requested}' asked for, but there are only {torch.cuda.device_count()} GPUs")
+    if requested == "mps" and not torch.backends.mps.is_available():
+        raise UsageError("device 'mps' asked for, but this machine has no Apple GPU: use --device=cpu")
+    return requested
+
+
+def resolve_dtype(requested: str, device: str) -> str:
+    if requested == "auto":
+        if device.startswith("cuda"):
+            return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+        return "float32"
+    if requested == "float16" and not device.startswith("cuda"):
+        raise UsageError(f"dtype 'float16' needs a CUDA GPU (it trains with a grad scaler); on {device} use "
+                         "--dtype=float32 or --dtype=bfloat16")
+    if requested == "bfloat16" and device.startswith("cuda") and not torch.cuda.is_bf16_supported():
+        raise UsageError("dtype 'bfloat16' is not supported by this GPU: use --dtype=float16")
+    return requested
+
+
+def resolve_compile(requested, device: str) -> bool:
+    """compile = auto means on for CUDA: on a CPU, compiling takes longer than short runs save (BENCHMARKS.md)."""
+    return device.startswith("cuda") if requested == "auto" else requested
+
+
+def device_name(device: str) -> str:
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name(torch.device(device))
+    if device == "cpu":
+        return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+    return device
+
+
+def mixed_precision(device: str, dtype: str, fast: bool = True):
+    """(autocast context, grad scaler) for training in dtype. The scaler only does anything for float16, whose small
+    range needs the loss scaled up so that small gradients do not round to zero. On CUDA, fast also lets the float32
+    work left outside autocast use TF32 tensor cores."""
+    device_type = "cuda" if device.startswith("cuda") else device
+    if device_type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = fast
+        torch.backends.cudnn.allow_tf32 = fast
+    ptdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+    autocast = nullcontext() if ptdtype == torch.float32 else torch.autocast(device_type=device_type, dtype=ptdtype)
+    return autocast, torch.amp.GradScaler(device_type, enabled=ptdtype == torch.float16)
+
+
+def seed_everything(seed: int, device: str) -> torch.Generator:
+    """Seed Python's, NumPy's and torch's generators, and return the batch sampler's own generator. On a CPU the same
+    seed then gives the same run. The loop uses neither Python's nor NumPy's generator: they are seeded (and saved in
+    checkpoints) for code added to it."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Several processes: torchrun and DistributedDataParallel
+
+@dataclass
+class Ranks:
+    """This process's place among the processes of a run. Rank 0 (the master) alone writes out_dir and prints.
+
+    Alone (no torchrun) it is rank 0 of 1, and each agreement below is just this process's own value."""
+    device: str  # this process's device: cuda:LOCAL_RANK under torchrun
+    rank: int = 0
+    world_size: int = 1
+    ddp: bool = False  # started by torchrun: the model is wrapped in DistributedDataParallel
+    control_group: object = None  # the ranks' small agreements go through gloo on the CPU, so none stalls a GPU
+
+    @property
+    def master(self) -> bool:
+        return self.rank == 0
+
+    def micro_steps(self, gradient_accumulation_steps: int) -> range:
+        """This process's share of an optimizer step's micro-batches (gradient_accumulation_steps counts them all)."""
+        share = micro_steps_per_rank(gradient_accumulation_steps, self.world_size)
+        return range(self.rank * share, (self.rank + 1) * share)
+
+    def wrap(self, model):
+        if not self.ddp:
+            return model
+        on_gpu = self.device.startswith("cuda")
+        return DistributedDataParallel(model, device_ids=[torch.device(self.device)] if on_gpu else None)
+
+    def any(self, flag: bool, check_now: bool = True) -> bool:
+        """True on every process when it is True on any: they must all leave the loop at the same step, or those
+        still in it would wait forever for the others in the next gradient all-reduce. Agreeing is a round trip
+        between the processes, so under torchrun it happens only when check_now."""
+        if not self.ddp:
+            return flag
+        if not check_now:
+            return False
+        t = torch.tensor([float(flag)])
+        dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self.control_group)
+        return bool(t.item())
+
+    def mean(self, value: float) -> float:
+        """The mean over the processes; a sum first (gloo has no average), so a NaN on any reaches every one."""
+        if not self.ddp:
+            return value
+        t = torch.tensor([value], dtype=torch.float64)
+        dist.all_reduce(t, group=self.control_group)
+        return t.item() / self.world_size
+
+    def from_master(self, values: dict, keys: tuple[str, ...]) -> list[float]:
+        """values[key] for each key, as rank 0 has them (the others' values are not read)."""
+        if not self.ddp:
+            return [values[key] for key in keys]
+        t = torch.tensor([values[key] for key in keys] if self.master else [0.0] * len(keys), dtype=torch.float64)
+        dist.broadcast(t, src=0, group=self.control_group)
+        return t.tolist()
+
+    def barrier(self) -> None:
+        if self.ddp:
+            dist.barrier(group=self.control_group)
+
+
+def distributed_env(environ) -> tuple[int, int, int] | None:
+    """(rank, local_rank, world_size) from the variables torchrun sets in each process it starts; None without."""
+    try:
+        rank = int(environ.get("RANK", -1))
+        if rank == -1:
+            return None
+        return rank, int(environ["LOCAL_RANK"]), int(environ["WORLD_SIZE"])
+    except (KeyError, ValueError):
+        raise UsageError("the environment sets RANK, so RANK, LOCAL_RANK and WORLD_SIZE must all be integers: start "
+                         "several processes with torchrun, which sets all three, or unset RANK to train in one "
+                         "process") from None
+
+
+def micro_steps_per_rank(gradient_accumulation_steps: int, world_size: int) -> int:
+    """Each process's share of an optimizer step's micro-batches (gradient_accumulation_steps counts all of them)."""
+    if gradient_accumulation_steps % world_size:
+        multiple = -(-gradient_accumulation_steps // world_size) * world_size
+        raise UsageError(f"gradient_accumulation_steps ({gradient_accumulation_steps}) must be divisible by the number "
+                         f"of processes ({world_size}): it counts the micro-batches of one step over all processes, "
+                         f"and each takes an equal share. Set --gradient_accumulation_steps={multiple} (or another "
+                         f"multiple of {world_size}), or start a number of processes that divides it")
+    return gradient_accumulation_steps // world_size
+
+
+def resolve_ddp_device(requested: str, local_rank: int) -> str:
+    """Under torchrun each process trains on its own GPU, cuda:LOCAL_RANK, or on the CPU; auto prefers CUDA."""
+    if requested == "auto":
+        requested = "cuda" if torch.cuda.is_available() else "cpu"
+    if requested == "cpu":
+        return "cpu"
+    if requested != "cuda":
+        raise UsageError(f"device '{requested}' cannot be used under torchrun: each process takes the GPU "
+                         "cuda:LOCAL_RANK (--device=cuda or auto) or the CPU (--device=cpu)")
+    resolve_device("cuda")  # explains a machine without CUDA
+    if local_rank >= torch.cuda.device_count():
+        raise UsageError(f"torchrun started a process with LOCAL_RANK {local_rank}, but this machine has "
+                         f"{torch.cuda.device_count()} GPUs: use --nproc_per_node={torch.cuda.device_count()} or fewer")
+    return f"cuda:{local_rank}"
+
+
+@contextmanager
+def processes(requested_device: str, gradient_accumulation_steps: int):
+    """This process's Ranks: alone, or one of the processes torchrun started, joined to the others for the run."""
+    ranks = distributed_env(os.environ)
+    if ranks is None:
+        yield Ranks(resolve_device(requested_device))
+        return
+    rank, local_rank, world_size = ranks
+    micro_steps_per_rank(gradient_accumulation_steps, world_size)  # refused before any process waits for another
+    device = resolve_ddp_device(requested_device, local_rank)
+    if device.startswith("cuda"):
+        torch.cuda.set_device(device)  # NCCL and the CUDA defaults then use this process's own GPU
+    dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
+    try:
+        control_group = dist.new_group(backend="gloo") if device.startswith("cuda") else None
+        yield Ranks(device, rank, world_size, ddp=True, control_group=control_group)
+    finally:
+        dist.destroy_process_group()
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Stop signals
+
+class StopRequest:
+    """Ctrl-C or SIGTERM asks the loop to stop after the current step and save; a second one stops at once.
+
+    Under torchrun the signal reaches torchrun, which passes it on to every process; announce=False (ranks > 0) keeps
+    them from all printing the same message."""
+
+    def __init__(self, announce: bool = True):
+        self.requested = False
+        self.announce = announce
+        self._previous = {}
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            if self.announce:
+                tqdm.write("second stop request: quitting at once. Checkpoints already written stay as they were")
+            raise KeyboardInterrupt
+        self.requested = True
+        if self.announce:
+            tqdm.write("stop requested: finishing this step and saving ckpt.pt (press Ctrl-C again to quit at once)")
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():  # signals can only be caught there
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)

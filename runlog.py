@@ -1,0 +1,245 @@
+"""The run record: what a run writes into its out_dir besides checkpoints, and how every script reads it back.
+
+    config.json    the resolved config: every key, with auto resolved to what was used
+    run.json       what made the run: command line, git commit, versions, device, processes, parameters, start time
+    metrics.jsonl  one JSON line per evaluation (METRICS_KEYS)
+    summary.json   written when a run ends: its best and final evaluations, overfitting, time and throughput
+
+train.py writes them; plot.py, compare.py, tune.py and bench.py read them here. Runs written before a quantity got its
+present name are read with the present names (LEGACY_NAMES). The markdown tables of every report are written here too.
+"""
+
+import json
+import math
+import platform
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from configurator import REPO_ROOT, UsageError
+from devices import device_name
+from files import read_json, write_atomic, write_json
+
+METRICS_KEYS = ("iter_num", "train_loss", "val_loss", "val_ppl", "val_bpc", "val_acc", "val_top5", "lr", "elapsed_s",
+                "tokens_seen")
+LEGACY_NAMES = {"iter": "iter_num", "iters": "iter_num", "tokens": "tokens_seen", "wall_time_s": "elapsed_s"}
+OVERFIT_MARGIN = 0.01  # nats the val loss may rise after its best before summary.json flags the run as overfitting
+NOT_A_RUN = "give the out_dir of a train.py run"
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Writing, as a run goes
+
+def start(out_dir: Path, config: dict, info: dict, resumed_at: int | None) -> None:
+    """Write config.json and run.json, and print what is being trained where. A new run empties the folder of an old
+    run's record and checkpoints, so nothing stale passes for its own; a resumed run keeps the evaluations it logged
+    up to its checkpoint."""
+    write_json(out_dir / "config.json", config)
+    write_json(out_dir / "run.json", info)
+    if resumed_at is None:
+        write_atomic(out_dir / "metrics.jsonl", "")
+        for stale in ("summary.json", "best.pt", "ckpt.pt"):
+            (out_dir / stale).unlink(missing_ok=True)
+    else:
+        trim_metrics(out_dir / "metrics.jsonl", resumed_at)
+    tokens_per_iter = config["batch_size"] * config["block_size"] * config["gradient_accumulation_steps"]
+    processes = info["world_size"]
+    print(f"{info['params'] / 1e6:.2f}M parameters | {info['device']} ({info['device_name']}) | {config['dtype']}"
+          f"{' | compiled' if config['compile'] else ''}{f' | {processes} processes' if processes > 1 else ''} | "
+          f"{tokens_per_iter:,} tokens per iteration | out_dir {out_dir}")
+
+
+def run_info(argv, device: str, world_size: int, params: int, resumed_at: int | None) -> dict:
+    """run.json's content."""
+    return {
+        "argv": sys.argv if argv is None else ["train.py", *argv],
+        "git_commit": git_commit(),
+        "torch_version": torch.__version__,
+        "python_version": platform.python_version(),
+        "device": device,
+        "device_name": device_name(device),
+        "world_size": world_size,  # processes under torchrun, each on its own device; 1 without
+        "params": params,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "resumed_from_iter": resumed_at,
+    }
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10)
+        if out.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() + ("-dirty" if dirty else "")
+
+
+def log_evaluation(out_dir: Path, state, evaluation: dict, lr: float, improved: bool) -> None:
+    """Append one line to metrics.jsonl for the evaluation at state.iter_num (a RunState), and print it."""
+    val_loss, train_loss = evaluation["val_loss"], evaluation["train_loss"]
+    record = {"iter_num": state.iter_num, "train_loss": round(train_loss, 6), "val_loss": round(val_loss, 6),
+              "val_ppl": perplexity(val_loss), "val_bpc": round(val_loss / math.log(2), 6),
+              "val_acc": round(evaluation["val_acc"], 6), "val_top5": round(evaluation["val_top5"], 6),
+              "lr": lr, "elapsed_s": round(state.elapsed_s, 3), "tokens_seen": state.tokens_seen}
+    with open(out_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
+    tqdm.write(f"iter {state.iter_num}: train loss {train_loss:.4f}, val loss {val_loss:.4f}, "
+               f"val accuracy {evaluation['val_acc']:.1%}{' (best)' if improved else ''}")
+
+
+def perplexity(loss: float) -> float:
+    """exp(loss), rounded; infinite where exp overflows (a loss above ~709 nats: a model far from trained)."""
+    return round(math.exp(loss), 4) if loss < 700 else float("inf")
+
+
+def trim_metrics(path: Path, iter_num: int) -> None:
+    """Keep the metrics of evaluations up to iter_num, the checkpoint's: a run killed after logging an evaluation
+    but before saving it logs that evaluation again when resumed. A line cut short by the kill goes too."""
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines() if path.exists() else []:
+        try:
+            record = present_names(json.loads(line))
+        except (ValueError, AttributeError):
+            continue
+        if record.get("iter_num", iter_num + 1) <= iter_num:
+            kept.append(json.dumps(record) + "\n")
+    write_atomic(path, "".join(kept))
+
+
+def finish(out_dir: Path, status: str, classification: dict, params: int, max_iters: int, elapsed_s: float,
+           tokens_per_s: float) -> dict:
+    """Write summary.json from metrics.jsonl and the last evaluation's per-character metrics, print its line, and
+    return it."""
+    metrics = read_metrics(out_dir)
+    best = min(metrics, key=lambda m: m["val_loss"])
+    final = metrics[-1]
+    rise = final["val_loss"] - best["val_loss"]
+    summary = {
+        "run": out_dir.name,
+        "out_dir": str(out_dir),
+        "status": status,
+        "params": params,
+        "iter_num": final["iter_num"],
+        "max_iters": max_iters,
+        "best_val_loss": best["val_loss"],
+        "best_iter": best["iter_num"],
+        "best_val_ppl": best["val_ppl"],
+        "final": {k: final[k] for k in ("iter_num", "train_loss", "val_loss", "val_ppl", "val_bpc", "val_acc",
+                                        "val_top5")} | {k: round(v, 6) for k, v in classification.items()},
+        "gap_at_best": round(best["val_loss"] - best["train_loss"], 6),
+        "gap_at_end": round(final["val_loss"] - final["train_loss"], 6),
+        "overfit": rise > OVERFIT_MARGIN,
+        "val_rise_after_best": round(rise, 6),
+        "elapsed_s": round(elapsed_s, 3),
+        "tokens_seen": final["tokens_seen"],
+        "tokens_per_s": round(tokens_per_s, 1),
+    }
+    write_json(out_dir / "summary.json", summary)
+    print(f"best val loss {summary['best_val_loss']:.4f} at iter {summary['best_iter']} | {summary['iter_num']} iters "
+          f"in {format_duration(elapsed_s)} | {tokens_per_s:,.0f} tokens/s | val accuracy "
+          f"{summary['final']['val_acc']:.1%}{' | early stopped' if status == 'early_stopped' else ''}"
+          f"{' | overfitting' if summary['overfit'] else ''} | results in {out_dir}")
+    return summary
+
+
+def format_duration(seconds: float) -> str:
+    minutes, s = divmod(seconds, 60)
+    return f"{int(minutes)}m {s:04.1f}s" if minutes else f"{s:.1f}s"
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Reading
+
+def present_names(record: dict) -> dict:
+    """A record with every key under its present name (old runs said iter, iters, tokens and wall_time_s)."""
+    renamed = {LEGACY_NAMES.get(key, key): value for key, value in record.items()}
+    if isinstance(renamed.get("final"), dict):
+        renamed["final"] = present_names(renamed["final"])
+    return renamed
+
+
+def read_metrics(run_dir, required=("iter_num", "train_loss", "val_loss")) -> list[dict]:
+    """The evaluations in run_dir/metrics.jsonl, in order; each must hold a number for every key in required."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise UsageError(f"run folder '{run_dir}' not found: {NOT_A_RUN}")
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        raise UsageError(f"run folder '{run_dir}' has no metrics.jsonl: {NOT_A_RUN}")
+    records = []
+    for line_number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise UsageError(f"{path} line {line_number} is not valid JSON ({e.msg}): fix or delete it") from None
+        if not isinstance(record, dict):
+            raise UsageError(f"{path} line {line_number} is not a JSON object: fix or delete that line")
+        record = present_names(record)
+        for key in required:
+            value = record.get(key)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                problem = "has no" if key not in record else f"has a non-number ({value!r}) for"
+                raise UsageError(f"{path} line {line_number} {problem} '{key}': fix or delete that line")
+        records.append(record)
+    if not records:
+        raise UsageError(f"{path} is empty: the run has not reached its first evaluation yet")
+    return records
+
+
+def read_summary(run_dir: Path) -> dict | None:
+    """summary.json, or None for a run that has not finished (it has none)."""
+    path = Path(run_dir) / "summary.json"
+    return present_names(read_json(path, fix="delete it and train again")) if path.is_file() else None
+
+
+def read_config(run_dir: Path) -> dict:
+    return read_json(Path(run_dir) / "config.json", fix=NOT_A_RUN)
+
+
+def read_run_info(run_dir: Path) -> dict:
+    """run.json, or an empty dict where it is missing."""
+    path = Path(run_dir) / "run.json"
+    return read_json(path, fix=NOT_A_RUN) if path.is_file() else {}
+
+
+def best_eval(metrics: list[dict]) -> dict | None:
+    """The evaluation with the lowest val loss (the first one on a tie); None if no val loss is a finite number."""
+    finite = [m for m in metrics if math.isfinite(m["val_loss"])]
+    return min(finite, key=lambda m: m["val_loss"]) if finite else None
+
+
+def find_runs(root: Path) -> list[Path]:
+    """Every folder under root, at any depth, whose metrics.jsonl holds at least one evaluation, in natural order."""
+    # A run that has not reached its first evaluation has an empty metrics.jsonl and nothing to show yet.
+    runs = [p.parent for p in root.rglob("metrics.jsonl") if p.is_file() and p.read_text(encoding="utf-8").strip()]
+    if not runs:
+        raise UsageError(f"no runs with a metrics.jsonl under {root}/: train one first (python train.py "
+                         "config/cpu.py) or name run folders")
+    return sorted(runs, key=lambda path: [int(part) if part.isdigit() else part  # c2 before c10
+                                          for part in re.split(r"(\d+)", str(path))])
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Reports
+
+def fmt(value, spec: str, missing=None):
+    """value formatted by spec (as format() does), or missing when there is no value."""
+    return missing if value is None else format(value, spec)
+
+
+def markdown_table(header: list[str], rows: list[list]) -> str:
+    """A markdown table; None shows as '-', and a '|' inside a cell is escaped so it cannot split the row."""
+    def cell(value) -> str:
+        return "-" if value is None else str(value).replace("|", "\\|")
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
+    return "\n".join(lines + ["| " + " | ".join(cell(value) for value in row) + " |" for row in rows])
