@@ -48,3 +48,9 @@ def test_bench_mistakes_are_reported_together(capsys):
     assert exc.value.code == 2 and "Traceback" not in err
     assert "unknown key 'iter' on the command line (did you mean 'iters'?)" in err
     assert "unknown key 'n_layers' on the command line (did you mean 'n_layer'?)" in err
+
+
+def test_bench_times_the_step_train_py_takes():
+    """No copy of the training step: bench.py builds and steps through train.py's own functions."""
+    import train
+    assert bench.train_step is train.train_step and bench.build is train.build and bench.load_config is train.load_config

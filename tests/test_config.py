@@ -1,4 +1,5 @@
 import dataclasses
+import importlib
 import subprocess
 import sys
 
@@ -117,3 +118,22 @@ def test_readme_tables_say_what_help_says(cls):
                                for name, default, meaning in describe(cls)) if row not in readme]
     assert not missing, f"README.md lacks these rows (or has them otherwise): {missing}"
     assert all(f"--{name}={default}" in help_text(cls) for name, default, _ in describe(cls))
+
+
+@pytest.mark.parametrize("script", ["train", "sample", "prepare_shakespeare", "plot", "compare", "tune", "bench"])
+def test_every_script_has_the_same_help(script, capsys):
+    """One command-line convention: --help prints the script's docstring and each option as --key=default."""
+    module = importlib.import_module(script)
+    assert module.main(["--help"]) is None
+    out = capsys.readouterr().out
+    assert out.startswith(module.__doc__) and "Options (defaults shown):" in out
+    options_cls = next(v for k, v in vars(module).items()
+                       if dataclasses.is_dataclass(v) and k.endswith(("Config", "Options")) and v.__module__ == script)
+    assert all(f"--{name}={default}" in out for name, default, _ in describe(options_cls))
+
+
+def test_positional_arguments_are_refused_where_a_script_takes_none(capsys):
+    import prepare_shakespeare
+    with pytest.raises(SystemExit):
+        prepare_shakespeare.main(["my_text.txt"])
+    assert "unexpected argument 'my_text.txt': options look like --key=value" in capsys.readouterr().err
