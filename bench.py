@@ -7,11 +7,11 @@
 
 Every other --key=value is a train.py setting applied to every config given (python train.py --help lists them).
 
-Step timing builds the config's model and optimizer in this process with train.py's own build() and times `iters`
-of train.py's own train_step() after `warmup` untimed ones, `repeats` times; the table shows the median. The first step of a compiled model includes
-torch.compile's work: "compile s" is that step's time minus a normal step's. With --compare, each config is also
-measured with the fast path off (eager, float32, unfused AdamW, no TF32), interleaved with the fast one, so the
-speed-up is a ratio of two medians taken in the same process.
+Step timing builds the config's model and optimizer in this process with train.py's own build(), and times `iters`
+of train.py's own train_step() after `warmup` untimed ones, `repeats` times; the table shows the median. The first
+step of a compiled model includes torch.compile's work: "compile s" is that step's time minus a normal step's. With
+--compare, each config is also measured with the fast path off (eager, float32, unfused AdamW, no TF32), interleaved
+with the fast one, so the speed-up is a ratio of two medians taken in the same process.
 
 With --target_loss, each config trains for real (`python train.py CONFIG ...` in a subprocess, into a scratch
 out_dir) and the time to target is the process's wall time, from launch, up to the end of the first evaluation whose
@@ -37,7 +37,7 @@ from pathlib import Path
 
 import torch
 
-from configurator import REPO_ROOT, UsageError, build_config, parse_args, run_command, split_options
+from configurator import REPO_ROOT, UsageError, as_args, build_config, parse_args, run_command, split_options
 from data import load_data
 from devices import device_name, mixed_precision, resolve_compile, resolve_device, resolve_dtype
 from runlog import fmt, markdown_table, read_metrics, read_summary
@@ -69,7 +69,7 @@ def parse_command(argv: list[str]) -> tuple[BenchOptions, list[tuple[str, TrainC
     if it is a bench option, else a train.py setting for every config. Every problem is reported at once."""
     config_paths, options = parse_args(argv)
     (bench_raw, train_raw), problems = split_options(options, BenchOptions, TrainConfig)
-    train_args = [f"--{key}" if value is None else f"--{key}={value}" for key, value in train_raw.items()]
+    train_args = as_args(train_raw)
     if not config_paths:
         problems.append("give at least one config file, e.g. python bench.py config/cpu.py")
     try:

@@ -158,6 +158,11 @@ def parse_args(argv=None) -> tuple[list[str], dict]:
     return positional, options
 
 
+def as_args(options: dict) -> list[str]:
+    """parse_args's options written back as command-line arguments, for a script that passes them on."""
+    return [f"--{key}" if value is None else f"--{key}={value}" for key, value in options.items()]
+
+
 def refuse_positional(positional: list[str]) -> None:
     """For scripts that take options only."""
     if positional:

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from configurator import REPO_ROOT, UsageError, build_config, parse_args, run_command, split_options
+from configurator import REPO_ROOT, UsageError, as_args, build_config, parse_args, run_command, split_options
 from files import ensure_dir
 from plot import plot_runs
 from runlog import fmt, markdown_table, read_config, read_summary
@@ -225,7 +225,7 @@ def finished_summary(trial_dir: Path, expected: dict) -> dict | None:
 def train_command(base_config: Path, trial_dir: Path, train_overrides: dict, settings: dict) -> list[str]:
     """train.py's command line for one trial. Paths are absolute because the trial runs from the repository root."""
     return [sys.executable, str(TRAIN_SCRIPT), str(base_config.resolve()), f"--out_dir={trial_dir.resolve()}",
-            *(f"--{key}={value}" for key, value in train_overrides.items()),
+            *as_args(train_overrides),
             *(f"--{key}={value_text(value)}" for key, value in settings.items())]
 
 

@@ -53,4 +53,4 @@ def test_bench_mistakes_are_reported_together(capsys):
 def test_bench_times_the_step_train_py_takes():
     """No copy of the training step: bench.py builds and steps through train.py's own functions."""
     import train
-    assert bench.train_step is train.train_step and bench.build is train.build and bench.load_config is train.load_config
+    assert (bench.train_step, bench.build, bench.load_config) == (train.train_step, train.build, train.load_config)

@@ -24,7 +24,7 @@ import tune
 from conftest import REPO, RunsCodeWhenUnpickled, tiny_train_args
 from test_prepare import _Server
 
-SCENARIOS = {}  # the README's "Mistake" text -> a function that makes that mistake
+SCENARIOS = {}  # the table's "Mistake" text -> a function that makes that mistake
 
 
 def scenario(mistake):

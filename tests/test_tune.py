@@ -129,3 +129,9 @@ def test_bad_keys_are_refused_before_anything_runs(tiny_search, tmp_path, capsys
     assert "'out_dir' cannot be set" in err
     assert "Traceback" not in err
     assert not (tmp_path / "out").exists()
+
+
+def test_fixed_settings_reach_each_trial_as_typed(tmp_path):
+    command = tune.train_command(tmp_path / "base.py", tmp_path / "trial", {"bias": None, "max_iters": "5e2"},
+                                 {"learning_rate": 0.002})
+    assert command[-3:] == ["--bias", "--max_iters=5e2", "--learning_rate=0.002"]  # a bare --bias stays a bare flag
