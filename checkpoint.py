@@ -257,17 +257,27 @@ def read_nanogpt_meta(path: Path) -> list[str]:
         raise UsageError(f"{path} is not a readable nanoGPT meta.pkl ({type(e).__name__}: {e})") from None
 
 
+def nanogpt_meta_path(path: Path, dataset: str) -> Path | None:
+    """Where the meta.pkl of nanoGPT's checkpoint at path is: beside it, else where nanoGPT's own sample.py finds
+    it, data/<dataset>/meta.pkl of the nanoGPT checkout that holds the run (the nearest folder above the run that
+    has one), else under the current folder; None if in none of them."""
+    candidates = [path.parent / "meta.pkl"]
+    if dataset:
+        holders = [*path.resolve().parent.parents, Path.cwd()]
+        candidates += [holder / "data" / dataset / "meta.pkl" for holder in holders]
+    return next((p for p in candidates if p.is_file()), None)
+
+
 def from_nanogpt(ckpt: dict, path: Path) -> dict:
     """A nanoGPT ckpt.pt in this harness's layout. The module names are the same (both follow GPT-2), so only
-    torch.compile's '_orig_mod.' prefix goes; the vocabulary comes from nanoGPT's meta.pkl, looked for beside the
-    checkpoint and then in nanoGPT's data/<dataset>/ folder."""
+    torch.compile's '_orig_mod.' prefix goes; the vocabulary comes from nanoGPT's meta.pkl (nanogpt_meta_path)."""
     config = ckpt.get("config") or {}
     dataset = config.get("dataset", "")
-    candidates = [path.parent / "meta.pkl"] + ([Path("data") / dataset / "meta.pkl"] if dataset else [])
-    meta_path = next((p for p in candidates if p.exists()), None)
+    meta_path = nanogpt_meta_path(path, dataset)
     if meta_path is None:
-        raise UsageError(f"{path} is a nanoGPT checkpoint, and its vocabulary is in nanoGPT's meta.pkl: copy "
-                         f"data/{dataset or '<dataset>'}/meta.pkl from nanoGPT next to {path.name}")
+        where = f"beside it or in data/{dataset}/ of a folder above it" if dataset else "beside it"
+        raise UsageError(f"{path} is a nanoGPT checkpoint, and its vocabulary is in nanoGPT's meta.pkl, which is not "
+                         f"{where}: copy data/{dataset or '<dataset>'}/meta.pkl from nanoGPT next to {path.name}")
     args = ckpt["model_args"]
     model_config = {k: args[k] for k in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd", "dropout", "bias")}
     vocab = read_nanogpt_meta(meta_path)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from checkpoint import checkpoint_path, load_model
 from configurator import UsageError, build_config, parse_args, run_command
-from files import ensure_dir
+from files import ensure_dir, write_atomic
 from plot import plot_runs, run_names
 from runlog import (best_eval, fmt, format_duration, markdown_table, read_config, read_metrics, read_run_info,
                     read_summary)
@@ -130,7 +130,7 @@ def write_report(path: Path, names: list[str], differences: list[list[str]], res
     ]
     for name, (checkpoint, text) in zip(names, samples):
         parts += ["", f"### {name}", "", f"From `{checkpoint}`.", "", fenced(text)]
-    path.write_text("\n".join(parts) + "\n", encoding="utf-8")
+    write_atomic(path, "\n".join(parts) + "\n")
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -1,13 +1,20 @@
-"""Files on disk: folders a script may write into, writes a crash cannot leave half done, and JSON read with a clear
-error. Every script writes through write_atomic and reads JSON through read_json.
+"""Files on disk: folders a script may write into, one writer per folder, writes a crash cannot leave half done, and
+JSON read with a clear error. Every script writes through write_atomic and reads JSON through read_json.
 
 write_atomic puts the new content in a temp file beside the old one, flushes it to the disk (fsync), then renames it
 over the old file: a crash, a kill or a power cut at any moment leaves the old content or the new, never half of it.
+
+lock_folder holds an operating-system lock on a folder's .lock file for as long as a run writes there. The system
+drops it when the process ends in any way, SIGKILL and power cuts included, so it cannot go stale as a pid file can.
 """
 
 import errno
 import json
 import os
+import socket
+import sys
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from configurator import UsageError
@@ -27,6 +34,76 @@ def ensure_dir(path, key: str = "out_dir") -> Path:
     if not os.access(p, os.W_OK):
         raise UsageError(f"{key} '{path}' is not writable: choose another {key} or fix its permissions")
     return p
+
+
+LOCK_FILE = ".lock"  # in the locked folder; it also names the process holding the lock, for the message of another
+
+
+@contextmanager
+def lock_folder(path, key: str = "out_dir"):
+    """Create the folder if need be and hold its lock until the with-block ends. If another process holds it, stop at
+    once with one line naming the folder and that process, having changed nothing there."""
+    folder = ensure_dir(path, key)
+    fd = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)  # an existing file is neither emptied nor changed
+    try:
+        if not try_lock(fd, folder):
+            raise UsageError(f"{key} '{path}' is in use by another run ({holder_of(fd)}): wait for it to end, or "
+                             f"choose another {key}")
+        command = " ".join(Path(sys.argv[0]).name.split() + sys.argv[1:])
+        holder = f"process {os.getpid()} on {socket.gethostname()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}: " \
+                 f"{command}"
+        os.ftruncate(fd, 0)
+        os.write(fd, holder.encode("utf-8"))
+        yield folder
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def folder_in_use(path) -> str | None:
+    """Who holds the folder's lock (as the lock file names them), or None if no one does. Changes nothing."""
+    try:
+        fd = os.open(Path(path) / LOCK_FILE, os.O_RDWR)
+    except OSError:
+        return None  # no lock file: never locked
+    try:
+        return None if try_lock(fd, Path(path)) else holder_of(fd)
+    finally:
+        os.close(fd)
+
+
+def try_lock(fd: int, where: Path) -> bool:
+    """Take the exclusive lock on the open file fd without waiting: True if taken, False if another process holds it.
+    flock on Linux and macOS; on Windows, msvcrt's lock of one byte past the holder's text, which others may read."""
+    try:
+        import fcntl
+    except ImportError:
+        import msvcrt
+        os.lseek(fd, 1 << 20, os.SEEK_SET)
+        try:
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+            return True
+        except OSError:
+            return False
+        finally:
+            os.lseek(fd, 0, os.SEEK_SET)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+    except OSError as e:  # a file system without locks (some network mounts): say so, and go on without one
+        print(f"warning: cannot lock {where} ({e.strerror}): two runs started there at once would mix their files",
+              file=sys.stderr)
+        return True
+
+
+def holder_of(fd: int) -> str:
+    """What the lock file open at fd says about its holder."""
+    try:
+        os.lseek(fd, 0, os.SEEK_SET)
+        return os.read(fd, 1000).decode("utf-8", "replace").strip() or "a process that has not said which"
+    except OSError:
+        return "a process that has not said which"
 
 
 def write_atomic(path, content, then: str = "run the same command again") -> None:

@@ -3,7 +3,9 @@
     token ids (B, T) -> wte + wpe -> n_layer x [x + attn(ln_1(x)), x + mlp(ln_2(x))] -> ln_f -> lm_head -> logits
 
 Attention goes through torch.nn.functional.scaled_dot_product_attention, which picks a fused kernel (flash
-attention on recent GPUs). Generation keeps a KV cache so that each new token costs one position, not a whole window.
+attention on recent GPUs). Generation keeps a KV cache, so that each new token costs one position rather than a whole
+window, while the text fits in block_size; past it, the window is recomputed: the text is always what the model
+predicts from the last block_size tokens.
 """
 
 import math
@@ -86,6 +88,9 @@ class Linear(nn.Linear):
         y = torch.bmm(weight_blocks, rows.expand(blocks, -1, -1))  # (blocks, out/blocks, M)
         y = y.permute(2, 0, 1).reshape(*x.shape[:-1], self.out_features)  # (..., out)
         return y if self.bias is None else y + self.bias
+
+
+GENERATION_CACHES = ("exact", "approximate", "none")  # GPT.generate's ways of reusing work between steps
 
 
 class KVCache:
@@ -288,27 +293,33 @@ class GPT(nn.Module):
 
     @torch.no_grad()
     def generate(self, idx, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
-                 use_cache: bool = True, generator: torch.Generator | None = None):
+                 cache: str = "exact", generator: torch.Generator | None = None):
         """Extend idx (B, T) by max_new_tokens sampled tokens and return (B, T + max_new_tokens).
 
         temperature 0 means greedy (always the most likely token). top_k keeps only the k most likely tokens.
-        With use_cache, each step feeds only the newest token. When the context reaches block_size, the cache is
-        rebuilt from the last half window (positions are absolute, so old keys cannot just slide), so every token
-        still sees at least block_size // 2 tokens of context; without the cache every step re-reads the last
-        block_size tokens, which is exact but costs a whole window per token.
+        Each token is predicted from the last block_size tokens, as in training. cache says how (GENERATION_CACHES):
+          exact        a KV cache while the text fits in block_size: each step feeds only the newest token. Past
+                       block_size the window's first token changes at every step, and with it every later layer's
+                       keys and values, so the window is recomputed: the same computation as none, cheaper only
+                       up to block_size.
+          approximate  keeps the cache past block_size by rebuilding it from the last half window whenever it
+                       fills, so a token sees between block_size // 2 and block_size tokens: faster, but not what
+                       the model computes for a full window, and the text differs from exact.
+          none         recomputes the last block_size tokens at every step.
         """
+        assert cache in GENERATION_CACHES, f"unknown cache {cache!r}: choose one of {', '.join(GENERATION_CACHES)}"
         block_size = self.config.block_size
-        cache = None
+        kv = None  # the KV cache: keys and values of positions 0 .. len(kv) - 1 of the current window
         logits = None
         for _ in range(max_new_tokens):
-            if not use_cache:
-                logits, _ = self(idx[:, -block_size:])
-            elif cache is None or len(cache) >= block_size:
-                cache = KVCache(self.config.n_layer)
+            if cache == "none" or (cache == "exact" and idx.size(1) > block_size):
+                logits, _ = self(idx[:, -block_size:])  # the whole window: (B, T, vocab_size)
+            elif kv is None or len(kv) == block_size:  # the first step, or (approximate only) a full cache
+                kv = KVCache(self.config.n_layer)
                 keep = block_size if logits is None else block_size // 2
-                logits, _ = self(idx[:, -keep:], cache=cache)
+                logits, _ = self(idx[:, -keep:], cache=kv)
             else:
-                logits, _ = self(idx[:, -1:], cache=cache)
+                logits, _ = self(idx[:, -1:], cache=kv)  # the newest token, at position len(kv)
             next_logits = logits[:, -1, :]  # (B, vocab_size)
             if temperature == 0:
                 idx_next = next_logits.argmax(dim=-1, keepdim=True)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Literal
 
 from configurator import UsageError, build_config, parse_args, run_command
-from files import ensure_dir
+from files import ensure_dir, write_atomic
 from runlog import best_eval, find_runs, read_metrics
 
 # --x choice (a metrics.jsonl key) -> axis label
@@ -114,7 +114,7 @@ def plot_runs(run_dirs, output, x: str = "iter_num", out_root: Path = Path("out"
     ax.legend(fontsize="small")
 
     ensure_dir(str(output.parent), key="output folder")
-    fig.savefig(output, format="png", dpi=120)
+    write_atomic(output, lambda f: fig.savefig(f, format="png", dpi=120))
     return fig
 
 

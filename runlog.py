@@ -11,6 +11,7 @@ present name are read with the present names (LEGACY_NAMES). The markdown tables
 
 import json
 import math
+import os
 import platform
 import re
 import subprocess
@@ -35,23 +36,60 @@ NOT_A_RUN = "give the out_dir of a train.py run"
 # ----------------------------------------------------------------------------------------------------------------------
 # Writing, as a run goes
 
-def start(out_dir: Path, config: dict, info: dict, resumed_at: int | None) -> None:
-    """Write config.json and run.json, and print what is being trained where. A new run empties the folder of an old
-    run's record and checkpoints, so nothing stale passes for its own; a resumed run keeps the evaluations it logged
-    up to its checkpoint."""
-    write_json(out_dir / "config.json", config)
-    write_json(out_dir / "run.json", info)
+RUN_FILES = ("config.json", "run.json", "metrics.jsonl", "summary.json", "ckpt.pt", "best.pt")  # a run's own files
+
+
+def start(out_dir: Path, config: dict, info: dict, resumed_at: int | None, overwrite: bool = False) -> None:
+    """Write config.json and run.json, and print what is being trained where. A resumed run keeps the evaluations it
+    logged up to its checkpoint. A new run first moves a previous run's files out of the folder (keep_aside), or with
+    overwrite deletes them, so that nothing of an old run passes for the new one's."""
     if resumed_at is None:
+        if overwrite:
+            replaced = [path for path in (out_dir / name for name in RUN_FILES) if path.is_file()]
+            for path in replaced:
+                path.unlink()
+            if replaced:
+                print(f"deleted the previous run's files in {out_dir} (--overwrite=True)")
+        else:
+            kept = keep_aside(out_dir)
+            if kept is not None:
+                print(f"moved the previous run in {out_dir} to {kept} (with --overwrite=True a new run replaces it)")
         write_atomic(out_dir / "metrics.jsonl", "")
-        for stale in ("summary.json", "best.pt", "ckpt.pt"):
-            (out_dir / stale).unlink(missing_ok=True)
     else:
         trim_metrics(out_dir / "metrics.jsonl", resumed_at)
+    write_json(out_dir / "config.json", config)
+    write_json(out_dir / "run.json", info)
     tokens_per_iter = config["batch_size"] * config["block_size"] * config["gradient_accumulation_steps"]
     processes = info["world_size"]
     print(f"{info['params'] / 1e6:.2f}M parameters | {info['device']} ({info['device_name']}) | {config['dtype']}"
           f"{' | compiled' if config['compile'] else ''}{f' | {processes} processes' if processes > 1 else ''} | "
           f"{tokens_per_iter:,} tokens per iteration | out_dir {out_dir}")
+
+
+def keep_aside(out_dir: Path) -> Path | None:
+    """Move the files of the run in out_dir, if it has results (an evaluation, a checkpoint or a summary), into a new
+    folder beside it named after the time that run started, <out_dir>-YYYYmmdd-HHMMSS; return that folder. A run that
+    stopped before its first evaluation has no results, and its files are left to be replaced."""
+    metrics = out_dir / "metrics.jsonl"
+    has_results = any((out_dir / name).is_file() for name in ("ckpt.pt", "best.pt", "summary.json")) or \
+        (metrics.is_file() and metrics.stat().st_size > 0)
+    if not has_results:
+        return None
+    present = [out_dir / name for name in RUN_FILES if (out_dir / name).is_file()]
+    try:
+        started = time.strptime(json.loads((out_dir / "run.json").read_text(encoding="utf-8"))["started"],
+                                "%Y-%m-%dT%H:%M:%S%z")
+    except (OSError, ValueError, KeyError, TypeError):  # no run.json, or not ours: the oldest file's time
+        started = time.localtime(min(path.stat().st_mtime for path in present))
+    stamp = time.strftime("%Y%m%d-%H%M%S", started)
+    kept, n = out_dir.with_name(f"{out_dir.name}-{stamp}"), 1
+    while kept.exists():
+        n += 1
+        kept = out_dir.with_name(f"{out_dir.name}-{stamp}-{n}")
+    kept.mkdir()
+    for path in present:
+        os.replace(path, kept / path.name)  # one rename each: a crash leaves every file whole, here or there
+    return kept
 
 
 def run_info(argv, device: str, world_size: int, params: int, resumed_at: int | None) -> dict:
@@ -83,14 +121,15 @@ def git_commit() -> str | None:
 
 
 def log_evaluation(out_dir: Path, state, evaluation: dict, lr: float, improved: bool) -> None:
-    """Append one line to metrics.jsonl for the evaluation at state.iter_num (a RunState), and print it."""
+    """Add one line to metrics.jsonl for the evaluation at state.iter_num (a RunState), and print it."""
     val_loss, train_loss = evaluation["val_loss"], evaluation["train_loss"]
     record = {"iter_num": state.iter_num, "train_loss": round(train_loss, 6), "val_loss": round(val_loss, 6),
               "val_ppl": perplexity(val_loss), "val_bpc": round(val_loss / math.log(2), 6),
               "val_acc": round(evaluation["val_acc"], 6), "val_top5": round(evaluation["val_top5"], 6),
               "lr": lr, "elapsed_s": round(state.elapsed_s, 3), "tokens_seen": state.tokens_seen}
-    with open(out_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
-        f.write(json.dumps(record) + "\n")
+    path = out_dir / "metrics.jsonl"
+    logged = path.read_text(encoding="utf-8") if path.is_file() else ""
+    write_atomic(path, logged + json.dumps(record) + "\n")  # the whole file anew: never a line cut short
     tqdm.write(f"iter {state.iter_num}: train loss {train_loss:.4f}, val loss {val_loss:.4f}, "
                f"val accuracy {evaluation['val_acc']:.1%}{' (best)' if improved else ''}")
 

@@ -9,6 +9,7 @@ Loads out_dir/best.pt (else ckpt.pt). The checkpoint carries the vocabulary, so 
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 
@@ -29,6 +30,7 @@ class SampleConfig:
     top_k: int = 0  # sample only among the k likeliest characters; 0 = all of them, 1 = always the likeliest
     seed: int = 1337  # the same seed, prompt and checkpoint give the same text
     device: str = "auto"  # auto (cuda, else mps, else cpu), cpu, cuda, cuda:N or mps
+    cache: Literal["exact", "approximate", "none"] = "exact"  # approximate: faster past block_size but inexact
 
 
 def validate(cfg: SampleConfig) -> None:
@@ -78,7 +80,7 @@ def main(argv=None):
 
 
 def generate_texts(model: GPT, vocab: list[str], prompt: str, num_samples: int, max_new_tokens: int,
-                   temperature: float, top_k: int, seed: int, device: str) -> list[str]:
+                   temperature: float, top_k: int, seed: int, device: str, cache: str = "exact") -> list[str]:
     """num_samples continuations of prompt (included in each), reproducible for the same seed.
 
     The samples are generated together, as one batch: with the KV cache each step reads the weights once for all
@@ -86,7 +88,7 @@ def generate_texts(model: GPT, vocab: list[str], prompt: str, num_samples: int, 
     idx = torch.tensor([encode(prompt, vocab)], dtype=torch.long, device=device)  # (1, T)
     generator = torch.Generator(device=device).manual_seed(seed)
     out = model.generate(idx.expand(num_samples, -1), max_new_tokens, temperature=temperature,
-                         top_k=top_k if top_k > 0 else None, generator=generator)  # (num_samples, T + new)
+                         top_k=top_k if top_k > 0 else None, cache=cache, generator=generator)  # (num_samples, T + new)
     return [decode(row, vocab) for row in out.tolist()]
 
 
@@ -109,7 +111,7 @@ def sample(argv=None) -> list[str]:
     encode(prompt, vocab)  # refuse unknown characters before printing anything
     print(f"{info['path']}: iter {info['iter_num']}, val loss {info['best_val_loss']:.4f}")
     texts = generate_texts(model, vocab, prompt, cfg.num_samples, cfg.max_new_tokens, cfg.temperature, cfg.top_k,
-                           cfg.seed, device)
+                           cfg.seed, device, cfg.cache)
     for text in texts:
         print(text)
         print("-" * 40)

@@ -34,7 +34,7 @@ from checkpoint import RunState, Sources, resume, save
 from configurator import UsageError, build_config, parse_args, run_command
 from data import load_data
 from evaluate import classification_metrics, estimate_loss, eval_batch_size, evaluate_split
-from files import ensure_dir
+from files import ensure_dir, lock_folder
 from model import GPT, GPTConfig
 from optim import ema_copy, l1_norm, make_optimizer, set_lr, update_ema, weight_matrices
 
@@ -48,6 +48,7 @@ class TrainConfig:
     out_dir: str = "out/run"  # where this run's logs and checkpoints go
     data_dir: str = "data/shakespeare_char"  # holds train.bin, val.bin and meta.json from prepare_shakespeare.py
     init_from: Literal["scratch", "resume"] = "scratch"  # scratch: a new run; resume: go on from out_dir/ckpt.pt
+    overwrite: bool = False  # a new run deletes the last run's files in out_dir (else moves them to out_dir-<time>)
     always_save_checkpoint: bool = True  # write ckpt.pt at every evaluation (false: only when val loss improves)
     # evaluation and logging
     eval_interval: int = 250  # optimizer steps between evaluations (there is always one at the last step)
@@ -263,7 +264,9 @@ def train(argv=None) -> dict | None:
     """One run, alone or in each process torchrun started: the setup, then the loop. Returns summary.json's content
     (None on ranks other than 0)."""
     cfg = load_config(argv)
-    with devices.processes(cfg.device, cfg.gradient_accumulation_steps) as ranks:
+    # One run at a time in an out_dir: rank 0 holds its lock until the run ends, however it ends.
+    with devices.processes(cfg.device, cfg.gradient_accumulation_steps) as ranks, \
+            lock_folder(cfg.out_dir) if ranks.master else nullcontext():
         device, out_dir = ranks.device, ensure_dir(cfg.out_dir)
         dtype, compiled = devices.resolve_dtype(cfg.dtype, device), devices.resolve_compile(cfg.compile, device)
         vocab, train_data, val_data, data_info = load_data(cfg.data_dir, device, cfg.block_size)
@@ -294,7 +297,7 @@ def train(argv=None) -> dict | None:
         resumed_at = state.iter_num if cfg.init_from == "resume" else None
         if ranks.master:
             info = runlog.run_info(argv, device, ranks.world_size, raw_model.num_params(), resumed_at)
-            runlog.start(out_dir, config, info, resumed_at)
+            runlog.start(out_dir, config, info, resumed_at, cfg.overwrite)
         return train_loop(cfg, argv, ranks, state, model, eval_model, ema_model, optimizer, scaler, autocast,
                           train_data, val_data, batch_gen, sources)
 

@@ -22,6 +22,7 @@ import random
 import re
 import subprocess
 import sys
+import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +30,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from configurator import REPO_ROOT, UsageError, as_args, build_config, parse_args, run_command, split_options
-from files import ensure_dir
+from files import folder_in_use, lock_folder, write_atomic
 from plot import plot_runs
 from runlog import fmt, markdown_table, read_config, read_summary
 from train import TrainConfig
@@ -205,6 +206,7 @@ def comparable_config(cfg: TrainConfig) -> dict:
     """The settings a finished run's config.json must match: 'auto' values are resolved there, so they are left out."""
     settings = dataclasses.asdict(cfg)
     del settings["out_dir"]  # the trial's folder is its identity; the path may be spelled differently
+    del settings["overwrite"]  # what became of an earlier run there: not a setting of this one
     if settings["lr_decay_iters"] == -1:
         settings["lr_decay_iters"] = settings["max_iters"]
     return {key: value for key, value in settings.items() if value != "auto"}
@@ -233,14 +235,16 @@ def run_trial(command: list[str], cwd: Path, log_path: Path, on_line=None) -> tu
     """Run one trial to the end in a subprocess, so its crash cannot end the search.
 
     Its stdout and stderr go, together, into log_path and line by line to on_line. Returns the exit status and
-    the last non-empty output lines.
+    the last non-empty output lines. A trial run again (it did not finish) adds to its log, after a line that says
+    when it started.
     """
     # Unbuffered, so progress arrives as it happens; no inner progress bar, whose redraws would flood the log.
     env = os.environ | {"PYTHONUNBUFFERED": "1", "TQDM_DISABLE": "1"}
     tail = deque(maxlen=20)
-    with open(log_path, "w", encoding="utf-8") as log, subprocess.Popen(
+    with open(log_path, "a", encoding="utf-8") as log, subprocess.Popen(
             command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, encoding="utf-8",
             errors="replace", env=env) as proc:
+        log.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')}: {' '.join(command)}\n")
         try:
             for line in proc.stdout:
                 log.write(line)
@@ -350,45 +354,47 @@ def main(argv=None):
 def search(argv: list[str]) -> list[dict]:
     args = parse_command(argv)
     grid, name = args["grid"], args["name"]
-    search_dir = ensure_dir(str(Path("out") / f"tune-{name}"), key="search folder")
-    chosen = trial_settings(grid, args["trials"], args["sample_seed"])
-    print(f"search '{name}': {len(chosen)} of {grid_size(grid)} combinations of "
-          f"{', '.join(f'{key} ({len(values)})' for key, values in grid.items())} | base {args['base_config']} | "
-          f"runs in {search_dir}/")
+    # One search at a time in a search folder; each trial locks its own folder too.
+    with lock_folder(Path("out") / f"tune-{name}", key="search folder") as search_dir:
+        chosen = trial_settings(grid, args["trials"], args["sample_seed"])
+        print(f"search '{name}': {len(chosen)} of {grid_size(grid)} combinations of "
+              f"{', '.join(f'{key} ({len(values)})' for key, values in grid.items())} | base {args['base_config']} | "
+              f"runs in {search_dir}/")
 
-    done, to_run = [], []
-    for settings in chosen:
-        trial = trial_name(settings)
-        expected = comparable_config(dataclasses.replace(args["base_cfg"], **settings))
-        summary = finished_summary(search_dir / trial, expected)
-        if summary is not None:
-            done.append(trial_result(trial, settings, search_dir / trial, "finished", summary))
-        else:
-            to_run.append((trial, settings, search_dir / trial))
-    if done:
-        print(f"skipped {len(done)} finished trial{'s' if len(done) != 1 else ''} (summary.json with the same "
-              f"config): {', '.join(r['trial'] for r in done)}")
-    ran, interrupted = run_trials(to_run, args["base_config"], args["train_overrides"])
+        done, to_run = [], []
+        for settings in chosen:
+            trial = trial_name(settings)
+            expected = comparable_config(dataclasses.replace(args["base_cfg"], **settings))
+            summary = finished_summary(search_dir / trial, expected)
+            if summary is not None:
+                done.append(trial_result(trial, settings, search_dir / trial, "finished", summary))
+            else:
+                to_run.append((trial, settings, search_dir / trial))
+        if done:
+            print(f"skipped {len(done)} finished trial{'s' if len(done) != 1 else ''} (summary.json with the same "
+                  f"config): {', '.join(r['trial'] for r in done)}")
+        ran, interrupted = run_trials(to_run, args["base_config"], args["train_overrides"])
 
-    grid_keys = list(grid)
-    rows = leaderboard_rows(done + ran, grid_keys)
-    table = leaderboard_markdown(rows, grid_keys)
-    command_line = " ".join(["python tune.py", *argv])
-    (search_dir / "leaderboard.md").write_text(f"# Search {name}\n\n`{command_line}`\n\n{table}", encoding="utf-8")
-    (search_dir / "leaderboard.csv").write_text(leaderboard_csv(rows, grid_keys), encoding="utf-8")
-    finished_dirs = [search_dir / row["trial"] for row in rows if row["rank"] is not None]  # best first
-    not_plotted = plot_finished(finished_dirs, search_dir / "val_loss.png", search_dir)
+        grid_keys = list(grid)
+        rows = leaderboard_rows(done + ran, grid_keys)
+        table = leaderboard_markdown(rows, grid_keys)
+        command_line = " ".join(["python tune.py", *argv])
+        write_atomic(search_dir / "leaderboard.md", f"# Search {name}\n\n`{command_line}`\n\n{table}")
+        write_atomic(search_dir / "leaderboard.csv", leaderboard_csv(rows, grid_keys))
+        finished_dirs = [search_dir / row["trial"] for row in rows if row["rank"] is not None]  # best first
+        not_plotted = plot_finished(finished_dirs, search_dir / "val_loss.png", search_dir)
 
-    print("\n" + table)
-    failed = sum(row["status"] == "failed" for row in rows)
-    not_finished = len(rows) - len(finished_dirs) - failed
-    print(f"{len(finished_dirs)} finished, {failed} failed{f', {not_finished} not finished' if not_finished else ''}"
-          f" | wrote {search_dir / 'leaderboard.md'}, {search_dir / 'leaderboard.csv'}"
-          + (f", {search_dir / 'val_loss.png'}" if not_plotted is None else f" (no val_loss.png: {not_plotted})"))
-    if interrupted:
-        print("interrupted: run the same command again to resume; finished trials are skipped", file=sys.stderr)
-        raise SystemExit(TRAIN_INTERRUPTED)
-    return rows
+        print("\n" + table)
+        failed = sum(row["status"] == "failed" for row in rows)
+        not_finished = len(rows) - len(finished_dirs) - failed
+        print(f"{len(finished_dirs)} finished, {failed} failed"
+              f"{f', {not_finished} not finished' if not_finished else ''}"
+              f" | wrote {search_dir / 'leaderboard.md'}, {search_dir / 'leaderboard.csv'}"
+              + (f", {search_dir / 'val_loss.png'}" if not_plotted is None else f" (no val_loss.png: {not_plotted})"))
+        if interrupted:
+            print("interrupted: run the same command again to resume; finished trials are skipped", file=sys.stderr)
+            raise SystemExit(TRAIN_INTERRUPTED)
+        return rows
 
 
 def run_trials(to_run: list[tuple[str, dict, Path]], base_config: Path,
@@ -399,6 +405,12 @@ def run_trials(to_run: list[tuple[str, dict, Path]], base_config: Path,
     for position, (trial, settings, trial_dir) in enumerate(to_run):
         if interrupted:
             results.append(trial_result(trial, settings, trial_dir, "not run"))
+            continue
+        holder = folder_in_use(trial_dir)
+        if holder is not None:  # a train.py the user started there: leave its folder alone
+            results.append(trial_result(trial, settings, trial_dir, "failed", error=f"in use by {holder}"))
+            tqdm.write(f"  failed: {trial_dir} is in use by another run ({holder})")
+            bar.update(1)
             continue
         trial_dir.mkdir(parents=True, exist_ok=True)
         bar.set_description(f"trial {position + 1}/{len(to_run)}")

@@ -16,6 +16,7 @@ import torch
 
 import checkpoint
 import compare
+import files
 import plot
 import prepare_shakespeare
 import sample
@@ -253,6 +254,12 @@ def _(ctx):
 
 # ----------------------------------------------------------------------------------------------------------------------
 # train.py: resuming and checkpoints
+
+@scenario("A second run on a folder in use")
+def _(ctx):
+    with files.lock_folder(ctx.tmp / "out"):
+        ctx.train()
+
 
 @scenario("Resume without a checkpoint")
 def _(ctx):

@@ -74,13 +74,37 @@ def test_split_linear_leaves_small_weights_and_many_rows_to_the_plain_product(mo
     big(torch.randn(17, 256))  # more than 16 rows: an ordinary matrix product
 
 
-def test_kv_cache_generation_matches_full_recompute_greedy():
-    model = tiny_model()
-    prompt = torch.randint(11, (2, 3))
-    with_cache = model.generate(prompt, max_new_tokens=13, temperature=0, use_cache=True)
-    without = model.generate(prompt, max_new_tokens=13, temperature=0, use_cache=False)
-    assert with_cache.shape == (2, 16)
-    assert torch.equal(with_cache, without)
+def sharp_model(position_encoding: str) -> GPT:
+    """A tiny model whose weights are scaled up, so that its predictions depend strongly on the context: on one that
+    has only its small initial weights the half-window shortcut would go unnoticed."""
+    model = tiny_model(position_encoding=position_encoding)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(5)
+    return model
+
+
+@pytest.mark.parametrize("position_encoding", ["learned", "sinusoidal", "rope"])
+@pytest.mark.parametrize("prompt_length", [3, 20])  # shorter and longer than block_size (16)
+def test_cached_greedy_text_is_exactly_the_recomputed_windows(position_encoding, prompt_length):
+    """For 3 x block_size new tokens, the KV cache gives the tokens that recomputing the last block_size tokens at
+    every step gives, however long the prompt; the approximate mode, which keeps a shorter context, does not."""
+    model = sharp_model(position_encoding)
+    prompt = torch.randint(11, (2, prompt_length), generator=torch.Generator().manual_seed(1))
+    new = 3 * model.config.block_size
+    cached = model.generate(prompt, max_new_tokens=new, temperature=0, cache="exact")
+    recomputed = model.generate(prompt, max_new_tokens=new, temperature=0, cache="none")
+    assert cached.shape == (2, prompt_length + new)
+    assert torch.equal(cached, recomputed)
+    top_1 = model.generate(prompt, max_new_tokens=new, top_k=1, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(top_1, recomputed)
+    approximate = model.generate(prompt, max_new_tokens=new, temperature=0, cache="approximate")
+    assert not torch.equal(approximate, recomputed)
+
+
+def test_an_unknown_cache_mode_is_refused():
+    with pytest.raises(AssertionError, match="unknown cache 'rolling'"):
+        tiny_model().generate(torch.zeros(1, 1, dtype=torch.long), 2, cache="rolling")
 
 
 def test_kv_cache_logits_match_full_forward():

@@ -125,6 +125,24 @@ def test_missing_meta_pkl_says_where_to_get_it(nanogpt_run, capsys):
     assert "copy data/shakespeare_char/meta.pkl from nanoGPT next to ckpt.pt" in capsys.readouterr().err
 
 
+def test_meta_pkl_is_found_in_the_data_folder_of_the_nanogpt_checkout_holding_the_run(nanogpt_run, tmp_path,
+                                                                                        monkeypatch):
+    """nanoGPT's sample.py reads data/<dataset>/meta.pkl from its checkout's root; a run there is found from any
+    folder, here a run nested two folders deep and sampled from elsewhere."""
+    run, _ = nanogpt_run
+    checkout = tmp_path / "nanoGPT"
+    (checkout / "data" / "shakespeare_char").mkdir(parents=True)
+    (run / "meta.pkl").rename(checkout / "data" / "shakespeare_char" / "meta.pkl")
+    nested = checkout / "runs" / "out-shakespeare-char"
+    nested.parent.mkdir()
+    run.rename(nested)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    texts = sample.main([f"--out_dir={nested}", "--start=ROMEO:", "--num_samples=1", "--max_new_tokens=5"])
+    assert texts[0].startswith("ROMEO:")
+
+
 def test_a_meta_pkl_crafted_to_run_code_is_refused(nanogpt_run, tmp_path, capsys):
     run, _ = nanogpt_run
     marker = tmp_path / "code_ran"
