@@ -19,9 +19,10 @@ val loss is at or below the target: startup and every evaluation before it inclu
 interleaved (A, B, A, B, ...) so a slower or faster spell of the machine falls on all of them alike.
 
 MFU (model FLOPs utilization) counts 6 FLOPs per parameter per token plus 12 * n_layer * n_embd * block_size for
-attention (forward and backward), and divides by the device's peak: 989e12 for an H100 or H200 and 312e12 for an
-A100 (dense bf16), or --peak_flops. Peak memory is torch's peak allocation on a GPU, and this process's peak resident
-memory on a CPU (which only grows, so on a CPU it is an upper bound for every row after the first).
+attention (forward and backward), and divides by the GPU's dense peak for the row's arithmetic (bf16 or fp16; TF32
+for the fast path's float32, else FP32), looked up by its name in devices.GPU_PEAKS, or by --peak_flops. Peak
+memory is torch's peak allocation on a GPU, and this process's peak resident memory on a CPU (which only grows, so
+on a CPU it is an upper bound for every row after the first).
 """
 
 import platform
@@ -39,14 +40,11 @@ import torch
 
 from configurator import REPO_ROOT, UsageError, as_args, build_config, parse_args, run_command, split_options
 from data import load_data
-from devices import device_name, mixed_precision, resolve_compile, resolve_device, resolve_dtype
+from devices import device_name, gpu_peak_flops, mixed_precision, resolve_compile, resolve_device, resolve_dtype
 from files import write_atomic
 from model import GENERATION_CACHES
 from runlog import fmt, markdown_table, read_metrics, read_summary
 from train import TrainConfig, build, load_config, train_step
-
-# Dense bf16 tensor-core peaks, from the vendors' datasheets (SXM parts; H200 has H100's compute).
-PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
 
 
 @dataclass
@@ -59,7 +57,7 @@ class BenchOptions:
     sample: bool = False  # time generation with each cache mode (exact, approximate, none) instead of training
     sample_tokens: int = 500  # characters generated per sampling measurement
     num_samples: int = 1  # samples generated together in --sample (sample.py's default is 3)
-    peak_flops: float = 0.0  # the device's peak FLOP/s for MFU; 0 = the bf16 peak of a known GPU, else no MFU
+    peak_flops: float = 0.0  # the device's peak FLOP/s for MFU; 0 = a known GPU's peak for the dtype, else no MFU
     output: str = ""  # also append the table, with date, device and command, to this markdown file
 
 
@@ -111,16 +109,13 @@ def flops_per_token(n_params: int, n_layer: int, n_embd: int, block_size: int) -
     return 6 * n_params + 12 * n_layer * n_embd * block_size
 
 
-def peak_flops_of(device: str, given: float) -> tuple[float | None, str]:
-    """(peak FLOP/s or None, where it came from)."""
+def peak_of(device: str, dtype: str, fast: bool, given: float) -> tuple[float | None, str]:
+    """(peak FLOP/s or None, what it is): --peak_flops if given, else the GPU's own peak for dtype (devices.GPU_PEAKS;
+    float32 counts at the TF32 peak on the fast path, which allows TF32)."""
     if given > 0:
         return given, "--peak_flops"
-    if device.startswith("cuda"):
-        name = torch.cuda.get_device_name(device)
-        for gpu, peak in PEAK_FLOPS.items():
-            if gpu in name:
-                return peak, f"{gpu} dense bf16"
-    return None, "unknown peak: pass --peak_flops for MFU"
+    found = gpu_peak_flops(device_name(device), dtype, tf32=fast) if device.startswith("cuda") else None
+    return found or (None, "no known peak: pass --peak_flops")
 
 
 def peak_memory_mb(device: str) -> float:
@@ -224,8 +219,7 @@ def time_sampling(cfg: TrainConfig, options: BenchOptions, vocab_size: int, devi
 # The three benchmarks: each gives a table's header and rows
 
 def bench_steps(configs, options: BenchOptions, vocab_size: int, device: str) -> tuple[list[str], list[list]]:
-    peak, peak_source = peak_flops_of(device, options.peak_flops)
-    rows = []
+    rows, peaks = [], []
     for path, cfg in configs:
         _, train_data, _, _ = load_data(cfg.data_dir, resolve_device(cfg.device), cfg.block_size)
         fast_path = [True, False] if options.compare else [True]
@@ -234,6 +228,8 @@ def bench_steps(configs, options: BenchOptions, vocab_size: int, device: str) ->
         for fast in fast_path:
             r = results[fast]
             tokens_per_s = tokens_per_iter / (r["ms_median"] / 1000)
+            peak, peak_source = peak_of(device, r["dtype"], fast, options.peak_flops)
+            peaks.append(peak_source)
             mfu = (flops_per_token(r["params"], cfg.n_layer, cfg.n_embd, cfg.block_size) * tokens_per_s / peak
                    if peak else None)
             speedup = results[False]["ms_median"] / r["ms_median"] if False in results else None
@@ -241,7 +237,7 @@ def bench_steps(configs, options: BenchOptions, vocab_size: int, device: str) ->
                          f"{min(r['ms']):.1f}-{max(r['ms']):.1f}", f"{tokens_per_s:,.0f}", fmt(mfu, ".1%", "n/a"),
                          f"{r['memory_mb']:,.0f}", fmt(r["compile_s"], ".1f"), fmt(speedup, ".2f")])
     header = ["config", "fast path", "dtype", "compiled", "ms/iter (median)", "range", "tokens/s",
-              f"MFU ({peak_source})", "peak MB", "compile s", "speed-up vs off"]
+              f"MFU (of {', '.join(dict.fromkeys(peaks))})", "peak MB", "compile s", "speed-up vs off"]
     return header, rows
 
 

@@ -9,6 +9,7 @@ between processes is the process's own value, so train.py's loop reads the same 
 import os
 import platform
 import random
+import re
 import signal
 import threading
 from contextlib import contextmanager, nullcontext
@@ -43,6 +44,8 @@ def resolve_device(requested: str) -> str:
 
 
 def resolve_dtype(requested: str, device: str) -> str:
+    """auto: bfloat16 on a CUDA GPU that has it, else float16 there; float32 on a CPU and on Apple's GPU (mps), whose
+    autocast PyTorch supports only in recent versions (bfloat16 from macOS 14): ask for --dtype=bfloat16 there."""
     if requested == "auto":
         if device.startswith("cuda"):
             return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
@@ -52,7 +55,27 @@ def resolve_dtype(requested: str, device: str) -> str:
                          "--dtype=float32 or --dtype=bfloat16")
     if requested == "bfloat16" and device.startswith("cuda") and not torch.cuda.is_bf16_supported():
         raise UsageError("dtype 'bfloat16' is not supported by this GPU: use --dtype=float16")
+    if requested == "bfloat16" and device == "mps" and not autocast_available("mps"):
+        raise UsageError(f"dtype 'bfloat16' on mps needs autocast for Apple's GPU, which PyTorch {torch.__version__} "
+                         "lacks: use --dtype=float32, or a newer PyTorch")
     return requested
+
+
+def autocast_available(device_type: str) -> bool:
+    """Whether this PyTorch has autocast for device_type (torch.amp.is_autocast_available came in 2.4)."""
+    check = getattr(torch.amp, "is_autocast_available", None)
+    return device_type in ("cuda", "cpu") if check is None else check(device_type)
+
+
+def fused_adamw_available(device: str) -> bool:
+    """Whether this PyTorch has a fused AdamW kernel for device (CUDA always; CPU and Apple's mps in recent versions),
+    asked of PyTorch's own list, which is private: without it, CUDA only."""
+    try:
+        from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
+        supported = _get_fused_kernels_supported_devices()
+    except (ImportError, AttributeError):
+        supported = ["cuda"]
+    return device.split(":")[0] in supported
 
 
 def resolve_compile(requested, device: str) -> bool:
@@ -66,6 +89,39 @@ def device_name(device: str) -> str:
     if device == "cpu":
         return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
     return device
+
+
+# Dense peak FLOP/s (no sparsity) from the vendors' datasheets, for each kind of arithmetic a run can use: bf16 or fp16
+# on the tensor cores (autocast), TF32 (float32 matmuls with TF32 allowed: the fast path) and plain FP32. Each row:
+# a pattern matched as a whole word in torch.cuda.get_device_name(), the name shown, and the three peaks (None: the
+# GPU has no such unit). V100 and T4 have fp16 tensor cores but no bf16 or TF32; the harness picks float16 there.
+GPU_PEAKS = [
+    (r"H100 PCIe", "H100 PCIe", 756e12, 378e12, 51e12),
+    (r"H100 NVL", "H100 NVL", 835e12, 418e12, 60e12),
+    (r"H100", "H100 SXM", 989e12, 495e12, 67e12),
+    (r"H200 NVL", "H200 NVL", 835e12, 418e12, 60e12),
+    (r"H200", "H200 SXM", 989e12, 495e12, 67e12),
+    (r"A100", "A100", 312e12, 156e12, 19.5e12),
+    (r"L40S", "L40S", 362e12, 183e12, 91.6e12),
+    (r"L4", "L4", 121e12, 60e12, 30.3e12),
+    (r"RTX 4090", "RTX 4090", 165e12, 82.6e12, 82.6e12),
+    (r"A10", "A10", 125e12, 62.5e12, 31.2e12),
+    (r"V100", "V100 SXM2", 125e12, None, 15.7e12),
+    (r"T4", "T4", 65e12, None, 8.1e12),
+]
+
+
+def gpu_peak_flops(name: str, dtype: str, tf32: bool) -> tuple[float, str] | None:
+    """(peak FLOP/s, its description) of the GPU called name for work in dtype, or None for a GPU not in GPU_PEAKS.
+    float32 counts at the TF32 peak when TF32 is allowed (mixed_precision's fast path), else at the FP32 one."""
+    for pattern, label, half, tf32_peak, fp32_peak in GPU_PEAKS:
+        if re.search(rf"(?<![\w]){pattern}(?![\w])", name):
+            if dtype in ("bfloat16", "float16"):
+                return half, f"{label} dense {dtype} {half / 1e12:g} TFLOP/s"
+            if tf32 and tf32_peak is not None:
+                return tf32_peak, f"{label} dense TF32 {tf32_peak / 1e12:g} TFLOP/s"
+            return fp32_peak, f"{label} FP32 {fp32_peak / 1e12:g} TFLOP/s"
+    return None
 
 
 def mixed_precision(device: str, dtype: str, fast: bool = True):

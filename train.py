@@ -191,11 +191,12 @@ def get_lr(it: int, cfg: TrainConfig) -> float:
 
 
 def build(cfg: TrainConfig, vocab_size: int, device: str, fused: bool = True):
-    """The model a run of cfg trains, on device, and its optimizer (fused AdamW: one kernel for all parameters)."""
+    """The model a run of cfg trains, on device, and its optimizer (fused AdamW, where PyTorch has it for the device:
+    one kernel for all parameters)."""
     shape = {f.name: getattr(cfg, f.name) for f in fields(GPTConfig) if f.name != "vocab_size"}  # same names
     model = GPT(GPTConfig(vocab_size=vocab_size, **shape)).to(device)
     optimizer = make_optimizer(model, cfg.learning_rate, cfg.weight_decay, (cfg.beta1, cfg.beta2),
-                               fused=fused and device.split(":")[0] in ("cuda", "cpu"), kind=cfg.optimizer,
+                               fused=fused and devices.fused_adamw_available(device), kind=cfg.optimizer,
                                momentum=cfg.momentum, nesterov=cfg.nesterov, muon_learning_rate=cfg.muon_learning_rate)
     return model, optimizer
 

@@ -230,20 +230,6 @@ def test_compile_mode_reaches_torch_compile(tiny_data, tmp_path, monkeypatch):
     assert json.loads((out / "config.json").read_text())["compile_mode"] == "reduce-overhead"
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-@pytest.mark.parametrize("compile_mode", ["default", "reduce-overhead"])
-def test_gpu_run_with_autocast_and_compile(tiny_data, tmp_path, compile_mode):
-    out = tmp_path / "gpu"
-    train.main(tiny_train_args(tiny_data, out, device="cuda", dtype="auto", compile="true", compile_mode=compile_mode))
-    config = json.loads((out / "config.json").read_text())
-    assert config["device"] == "cuda" and config["compile"] is True and config["compile_mode"] == compile_mode
-    assert config["dtype"] == ("bfloat16" if torch.cuda.is_bf16_supported() else "float16")
-    metrics = read_metrics(out)
-    assert metrics[-1]["val_loss"] < metrics[0]["val_loss"] - 0.5
-    best = torch.load(out / "best.pt", weights_only=True, map_location="cpu")
-    assert not any(k.startswith("_orig_mod.") for k in best["model"])  # saved from the uncompiled module
-
-
 def test_a_diverging_run_stops_with_one_line_and_writes_no_checkpoint(tiny_data, tmp_path, capsys):
     out = tmp_path / "nan"
     with pytest.raises(SystemExit) as exc:

@@ -1,0 +1,144 @@
+"""The GPU check: run on a machine with a CUDA GPU, it checks and measures the GPU path and writes a markdown report.
+
+    .ci/gpu OUT_FOLDER [STEP ...]      # every step, or only those named (tests, compare, target, graphs, ...)
+
+It installs nothing and runs from the repository root. Each step is one command with a time limit; its status, wall
+time, figures (the markdown tables bench.py prints) and last lines of output go into OUT_FOLDER/gpu-report.md, which
+is written anew after every step, so a check cut short still leaves a report of what it did. A step that fails is
+recorded and the next one still runs. All the steps together fit in BUDGET_S; a step that no longer fits is marked
+not run, and can be run on its own later (`.ci/gpu OUT_FOLDER record`). Each step's whole output is in
+OUT_FOLDER/logs/STEP.log.
+"""
+
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+BUDGET_S = 570  # the device tool allows 10 minutes a command; leave room for starting and writing the report
+
+# (name, what it checks or measures, command, time limit in s)
+STEPS = [
+    ("prepare", "Tiny Shakespeare, prepared from the copy in the repository",
+     "python prepare_shakespeare.py", 60),
+    ("tests", "the GPU tests: bf16 and fp16 steps, compiled against eager, CUDA graphs with resume, a GPU checkpoint "
+     "sampled on the CPU, torchrun on NCCL", "python -m pytest -q tests/test_gpu.py", 240),
+    ("compare", "ms/iter, tokens/s, MFU, peak memory and compile time, fast path against off",
+     "python bench.py config/baseline.py --compare", 150),
+    ("target", "config/baseline.py timed from launch to val loss 1.4697",
+     "python bench.py config/baseline.py --target_loss=1.4697 --repeats=1", 180),
+    ("graphs", "the same with CUDA graphs (compile_mode=reduce-overhead)",
+     "python bench.py config/baseline.py --target_loss=1.4697 --repeats=1 --compile_mode=reduce-overhead", 180),
+    ("sample", "sampling speed, each cache mode, 500 characters",
+     "python bench.py config/baseline.py --sample --repeats=3", 60),
+    ("record", "one seed of config/record.py (nanoGPT's compute: 5,000 x 16,384 tokens)",
+     "python train.py config/record.py --seed=1 --out_dir=out/gpu-check/record --overwrite=True", 180),
+]
+
+
+def cuda_device() -> str | None:
+    """The name of the first CUDA GPU as torch sees it, or None."""
+    import torch
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+
+
+def run_step(command: str, limit_s: float, log: Path) -> tuple[str, float, str]:
+    """Run command in the repository root; (status, wall seconds, its output)."""
+    started = time.perf_counter()
+    env = os.environ | {"PYTHONUNBUFFERED": "1", "TQDM_DISABLE": "1"}
+    try:
+        if command.startswith("python "):  # this Python, whatever `python` means on the machine's PATH
+            command = sys.executable + command[len("python"):]
+        proc = subprocess.run(command, shell=True, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, errors="replace", timeout=limit_s)
+        output = proc.stdout
+        status = "passed" if proc.returncode == 0 else f"FAILED (exit status {proc.returncode})"
+    except subprocess.TimeoutExpired as e:
+        output = e.stdout.decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or "")
+        status = f"FAILED (timed out after {limit_s:.0f} s)"
+    log.write_text(output, encoding="utf-8")
+    return status, time.perf_counter() - started, output
+
+
+def figures_and_tail(output: str, tail_lines: int = 25) -> tuple[list[str], list[str]]:
+    """The markdown table lines of a step's output (bench.py's figures), and its last lines."""
+    lines = output.rstrip().splitlines()
+    return [line for line in lines if line.startswith("|")], lines[-tail_lines:]
+
+
+def report(about: list[str], results: list[dict]) -> str:
+    parts = ["# GPU check", "", *about, "", "| step | status | seconds | command |", "| --- | --- | --- | --- |"]
+    parts += [f"| {r['name']} | {r['status']} | {r['seconds']} | `{r['command']}` |" for r in results]
+    for r in results:
+        parts += ["", f"## {r['name']}: {r['status']}", "", r["what"], "", f"`{r['command']}`"]
+        if r["figures"]:
+            parts += ["", *r["figures"]]
+        if r["tail"]:
+            parts += ["", "Last lines of output:", "", "```", *r["tail"], "```"]
+    return "\n".join(parts) + "\n"
+
+
+def write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def run_steps(steps, out: Path, about: list[str], budget_s: float) -> list[dict]:
+    """Run each step in turn within budget_s in all, writing the report after each; return the results."""
+    (out / "logs").mkdir(parents=True, exist_ok=True)
+    deadline, results = time.perf_counter() + budget_s, []
+    for name, what, command, limit_s in steps:
+        left = deadline - time.perf_counter()
+        result = {"name": name, "what": what, "command": command, "figures": [], "tail": [], "seconds": "-"}
+        if left < min(limit_s, 30):
+            result["status"] = f"not run: {left:.0f} s of the {budget_s:.0f} s budget left (run it on its own)"
+        else:
+            status, seconds, output = run_step(command, min(limit_s, left), out / "logs" / f"{name}.log")
+            figures, tail = figures_and_tail(output)
+            result |= {"status": status, "seconds": f"{seconds:.1f}", "figures": figures, "tail": tail}
+            print(f"{name}: {status} in {seconds:.1f} s", flush=True)
+        results.append(result)
+        write(out / "gpu-report.md", report(about, results))
+    return results
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0].startswith("-"):
+        print("usage: .ci/gpu OUT_FOLDER [STEP ...]; steps: " + ", ".join(s[0] for s in STEPS), file=sys.stderr)
+        return 2
+    name = cuda_device()
+    if name is None:
+        print("error: no CUDA GPU on this machine: .ci/gpu checks the GPU path and needs one", file=sys.stderr)
+        return 1
+    out, wanted = Path(argv[0]), argv[1:]
+    unknown = [step for step in wanted if step not in [s[0] for s in STEPS]]
+    if unknown:
+        print(f"error: unknown step {', '.join(unknown)}: choose from {', '.join(s[0] for s in STEPS)}",
+              file=sys.stderr)
+        return 2
+    import torch
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout
+    about = [f"- device: {name}, {torch.cuda.get_device_properties(0).total_memory / 2**30:.1f} GiB, "
+             f"compute capability {'.'.join(map(str, torch.cuda.get_device_capability(0)))}",
+             f"- torch {torch.__version__} (CUDA {torch.version.cuda}), Python {platform.python_version()}, "
+             f"commit {commit.strip() or 'unknown'}",
+             f"- {time.strftime('%Y-%m-%d %H:%M %Z')}, `.ci/gpu {' '.join(argv)}`"]
+    steps = [s for s in STEPS if not wanted or s[0] in wanted or s[0] == "prepare"]
+    results = run_steps(steps, out, about, BUDGET_S)
+    record = REPO / "out" / "gpu-check" / "record"
+    ran_record = any(r["name"] == "record" and r["seconds"] != "-" for r in results)
+    for kept in ("metrics.jsonl", "summary.json", "config.json", "run.json"):  # not its checkpoints: too large
+        if ran_record and (record / kept).is_file():
+            (out / "record").mkdir(exist_ok=True)
+            shutil.copy(record / kept, out / "record" / kept)
+    print(f"wrote {out / 'gpu-report.md'}")
+    return 0 if all(r["status"] == "passed" for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,107 @@
+"""What can only break on a CUDA GPU: bf16 and fp16 training, torch.compile and CUDA graphs there, checkpoints that
+move between the GPU and the CPU, and torchrun on NCCL. Every test here skips on a machine without CUDA; `.ci/gpu`
+runs them first when a GPU is lent.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import replace
+
+import pytest
+import torch
+
+import sample
+import train
+from checkpoint import load_model
+from conftest import REPO, tiny_train_args
+from devices import mixed_precision
+from runlog import read_metrics, read_summary
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+TINY = dict(n_layer=2, n_head=2, n_embd=64, block_size=32, batch_size=16, dropout=0.0, learning_rate=3e-3)
+
+
+def step_losses(dtype: str, compiled: bool, steps: int = 30) -> list[float]:
+    """The training loss of each of the first steps of a tiny model on an easy text, on the GPU in dtype, through
+    train.py's own build and train_step."""
+    cfg = replace(train.TrainConfig(), **TINY)
+    torch.manual_seed(0)
+    model, optimizer = train.build(cfg, vocab_size=20, device="cuda")
+    step_model = torch.compile(model) if compiled else model
+    autocast, scaler = mixed_precision("cuda", dtype)
+    data = (torch.arange(20_000, device="cuda") * 7) % 20  # each token follows from the last
+    batches = torch.Generator(device="cuda").manual_seed(1)
+    return [train.train_step(step_model, optimizer, scaler, autocast, data, batches, cfg, range(1)).item()
+            for _ in range(steps)]
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_mixed_precision_steps_give_a_finite_falling_loss(dtype):
+    """bf16 autocast, and fp16 with the grad scaler, which must unscale before clipping and skip no good step."""
+    if dtype == "bfloat16" and not torch.cuda.is_bf16_supported():
+        pytest.skip("this GPU has no bfloat16")
+    losses = step_losses(dtype, compiled=False)
+    assert all(map(lambda loss: loss == loss and abs(loss) != float("inf"), losses))
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_compiled_and_eager_steps_agree():
+    dtype = "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+    eager = step_losses(dtype, compiled=False, steps=10)
+    compiled = step_losses(dtype, compiled=True, steps=10)
+    assert compiled == pytest.approx(eager, rel=5e-2, abs=2e-2)  # bf16 rounds differently in fused kernels
+
+
+@pytest.mark.parametrize("compile_mode", ["default", "reduce-overhead"])
+def test_a_compiled_run_trains_and_resumes(tiny_data, tmp_path, compile_mode):
+    """A run with torch.compile (reduce-overhead: CUDA graphs too), stopped at iter 20 and resumed to 40, logs every
+    evaluation once with a falling val loss, and saves the uncompiled module's keys."""
+    out = tmp_path / "gpu"
+    settings = dict(device="cuda", dtype="auto", compile="true", compile_mode=compile_mode)
+    train.main(tiny_train_args(tiny_data, out, max_iters=20, lr_decay_iters=40, **settings))
+    train.main(tiny_train_args(tiny_data, out, max_iters=40, lr_decay_iters=40, init_from="resume", **settings))
+    config = json.loads((out / "config.json").read_text())
+    assert config["device"] == "cuda" and config["compile"] is True and config["compile_mode"] == compile_mode
+    assert config["dtype"] == ("bfloat16" if torch.cuda.is_bf16_supported() else "float16")
+    metrics = read_metrics(out)
+    assert [m["iter_num"] for m in metrics] == [0, 10, 20, 30, 40]
+    assert metrics[-1]["val_loss"] < metrics[0]["val_loss"] - 0.5
+    assert read_summary(out)["iter_num"] == 40
+    best = torch.load(out / "best.pt", weights_only=True, map_location="cpu")
+    assert not any(k.startswith("_orig_mod.") for k in best["model"])
+
+
+def test_a_float16_run_saves_its_grad_scaler(tiny_data, tmp_path):
+    out = tmp_path / "fp16"
+    train.main(tiny_train_args(tiny_data, out, device="cuda", dtype="float16", compile="false"))
+    metrics = read_metrics(out)
+    assert metrics[-1]["val_loss"] < metrics[0]["val_loss"] - 0.5
+    ckpt = torch.load(out / "ckpt.pt", weights_only=True, map_location="cpu")
+    assert ckpt["scaler"]["scale"] > 0  # the loss scale, to resume with
+
+
+def test_a_checkpoint_saved_on_the_gpu_gives_the_same_greedy_text_on_the_cpu(tiny_data, tmp_path, monkeypatch):
+    out = tmp_path / "gpu"
+    train.main(tiny_train_args(tiny_data, out, device="cuda", dtype="auto", compile="false"))
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)  # training turned it on: plain fp32 here
+    texts = {}
+    for device in ("cuda", "cpu"):
+        model, vocab, _ = load_model(out, device)
+        texts[device] = sample.generate_texts(model, vocab, "First", 1, 60, 1.0, 1, 0, device)[0]
+    assert texts["cuda"] == texts["cpu"] and len(texts["cpu"]) == len("First") + 60
+
+
+def test_torchrun_with_one_process_trains_on_nccl(tiny_data, tmp_path):
+    out = tmp_path / "ddp"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1", "train.py",
+               *tiny_train_args(tiny_data, out, device="cuda", compile="false")]
+    proc = subprocess.run(command, cwd=REPO, env=os.environ | {"NCCL_DEBUG": "INFO"}, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "NCCL INFO" in proc.stdout + proc.stderr  # the process group ran on NCCL
+    info = json.loads((out / "run.json").read_text())
+    assert info["device"] == "cuda:0" and info["world_size"] == 1
+    assert read_summary(out)["iter_num"] == 40
