@@ -14,6 +14,7 @@ import math
 import os
 import platform
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -25,6 +26,7 @@ from tqdm import tqdm
 from configurator import REPO_ROOT, UsageError
 from devices import device_name
 from files import read_json, write_atomic, write_json
+from trackers import TRACKER_DIRS
 
 METRICS_KEYS = ("iter_num", "train_loss", "val_loss", "val_ppl", "val_bpc", "val_acc", "val_top5", "lr", "elapsed_s",
                 "tokens_seen")
@@ -45,9 +47,9 @@ def start(out_dir: Path, config: dict, info: dict, resumed_at: int | None, overw
     overwrite deletes them, so that nothing of an old run passes for the new one's."""
     if resumed_at is None:
         if overwrite:
-            replaced = [path for path in (out_dir / name for name in RUN_FILES) if path.is_file()]
+            replaced = [path for path in (out_dir / name for name in RUN_FILES + TRACKER_DIRS) if path.exists()]
             for path in replaced:
-                path.unlink()
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
             if replaced:
                 print(f"deleted the previous run's files in {out_dir} (--overwrite=True)")
         else:
@@ -67,15 +69,16 @@ def start(out_dir: Path, config: dict, info: dict, resumed_at: int | None, overw
 
 
 def keep_aside(out_dir: Path) -> Path | None:
-    """Move the files of the run in out_dir, if it has results (an evaluation, a checkpoint or a summary), into a new
-    folder beside it named after the time that run started, <out_dir>-YYYYmmdd-HHMMSS; return that folder. A run that
-    stopped before its first evaluation has no results, and its files are left to be replaced."""
+    """Move the files of the run in out_dir (and its trackers' folders), if it has results (an evaluation, a
+    checkpoint or a summary), into a new folder beside it named after the time that run started,
+    <out_dir>-YYYYmmdd-HHMMSS; return that folder. A run that stopped before its first evaluation has no results, and
+    its files are left to be replaced."""
     metrics = out_dir / "metrics.jsonl"
     has_results = any((out_dir / name).is_file() for name in ("ckpt.pt", "best.pt", "summary.json")) or \
         (metrics.is_file() and metrics.stat().st_size > 0)
     if not has_results:
         return None
-    present = [out_dir / name for name in RUN_FILES if (out_dir / name).is_file()]
+    present = [out_dir / name for name in RUN_FILES + TRACKER_DIRS if (out_dir / name).exists()]
     try:
         started = time.strptime(json.loads((out_dir / "run.json").read_text(encoding="utf-8"))["started"],
                                 "%Y-%m-%dT%H:%M:%S%z")
@@ -120,8 +123,8 @@ def git_commit() -> str | None:
     return out.stdout.strip() + ("-dirty" if dirty else "")
 
 
-def log_evaluation(out_dir: Path, state, evaluation: dict, lr: float, improved: bool) -> None:
-    """Add one line to metrics.jsonl for the evaluation at state.iter_num (a RunState), and print it."""
+def log_evaluation(out_dir: Path, state, evaluation: dict, lr: float, improved: bool) -> dict:
+    """Add one line to metrics.jsonl for the evaluation at state.iter_num (a RunState), print it, and return it."""
     val_loss, train_loss = evaluation["val_loss"], evaluation["train_loss"]
     record = {"iter_num": state.iter_num, "train_loss": round(train_loss, 6), "val_loss": round(val_loss, 6),
               "val_ppl": perplexity(val_loss), "val_bpc": round(val_loss / math.log(2), 6),
@@ -132,6 +135,7 @@ def log_evaluation(out_dir: Path, state, evaluation: dict, lr: float, improved: 
     write_atomic(path, logged + json.dumps(record) + "\n")  # the whole file anew: never a line cut short
     tqdm.write(f"iter {state.iter_num}: train loss {train_loss:.4f}, val loss {val_loss:.4f}, "
                f"val accuracy {evaluation['val_acc']:.1%}{' (best)' if improved else ''}")
+    return record
 
 
 def perplexity(loss: float) -> float:

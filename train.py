@@ -37,6 +37,7 @@ from evaluate import classification_metrics, estimate_loss, eval_batch_size, eva
 from files import ensure_dir, lock_folder
 from model import GPT, GPTConfig
 from optim import ema_copy, l1_norm, make_optimizer, set_lr, update_ema, weight_matrices
+from trackers import missing_packages, trackers
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -55,6 +56,10 @@ class TrainConfig:
     eval_iters: int = 200  # random train batches averaged for the train loss (val loss uses the whole val split)
     early_stop_patience: int = 0  # stop after this many evaluations without a better val loss; 0 = never
     log_interval: int = 10  # optimizer steps between progress-bar updates (each reads the loss: a host sync)
+    wandb_log: bool = False  # also log each evaluation and the config to Weights & Biases (pip install wandb)
+    wandb_project: str = "shakespeare-char"  # the Weights & Biases project
+    wandb_run_name: str = ""  # the Weights & Biases run name; empty: out_dir's folder name
+    tensorboard_log: bool = False  # also write each evaluation for TensorBoard, in out_dir/tensorboard
     # system
     device: str = "auto"  # auto (cuda, else mps, else cpu), cpu, cuda, cuda:N or mps
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: bf16 (else fp16) on CUDA, else float32
@@ -141,6 +146,7 @@ def validate(cfg: TrainConfig) -> None:
     if cfg.compile is False and cfg.compile_mode != "default":
         problems.append(f"'compile_mode' {cfg.compile_mode} is a torch.compile mode, but compile is false: "
                         f"set --compile=true or leave compile_mode out")
+    problems += missing_packages(wandb_log=cfg.wandb_log, tensorboard_log=cfg.tensorboard_log)
     if problems:
         raise UsageError(problems)
 
@@ -299,12 +305,13 @@ def train(argv=None) -> dict | None:
         if ranks.master:
             info = runlog.run_info(argv, device, ranks.world_size, raw_model.num_params(), resumed_at)
             runlog.start(out_dir, config, info, resumed_at, cfg.overwrite)
-        return train_loop(cfg, argv, ranks, state, model, eval_model, ema_model, optimizer, scaler, autocast,
-                          train_data, val_data, batch_gen, sources)
+        with trackers(config, out_dir, on=ranks.master) as track:  # wandb, tensorboard: those switched on
+            return train_loop(cfg, argv, ranks, state, model, eval_model, ema_model, optimizer, scaler, autocast,
+                              train_data, val_data, batch_gen, sources, track)
 
 
 def train_loop(cfg: TrainConfig, argv, ranks, state: RunState, model, eval_model, ema_model, optimizer, scaler,
-               autocast, train_data, val_data, batch_gen, sources: Sources) -> dict | None:
+               autocast, train_data, val_data, batch_gen, sources: Sources, track: list) -> dict | None:
     """The training loop. Each pass: evaluate, log and checkpoint when due; stop when due; set the learning rate;
     take one optimizer step; now and then, log the loss. Then the run's ending (finish)."""
     out_dir = Path(cfg.out_dir)
@@ -329,7 +336,9 @@ def train_loop(cfg: TrainConfig, argv, ranks, state: RunState, model, eval_model
                 check_finite("train loss", train_loss, state.iter_num, lr, out_dir, state.best_iter)
                 improved = state.record_eval(val_loss)
                 if ranks.master:
-                    runlog.log_evaluation(out_dir, state, evaluation, lr, improved)
+                    record = runlog.log_evaluation(out_dir, state, evaluation, lr, improved)
+                    for tracker in track:
+                        tracker.log(record)
                     if state.iter_num > 0 and improved:
                         save(out_dir / "best.pt", state, sources, resumable=False)
                     if state.iter_num > 0 and (improved or cfg.always_save_checkpoint):

@@ -120,7 +120,8 @@ def test_readme_tables_say_what_help_says(cls):
     assert all(f"--{name}={default}" in help_text(cls) for name, default, _ in describe(cls))
 
 
-@pytest.mark.parametrize("script", ["train", "sample", "prepare_shakespeare", "plot", "compare", "tune", "bench"])
+@pytest.mark.parametrize("script", ["train", "sample", "prepare_shakespeare", "plot", "compare", "tune", "bench",
+                                    "export"])
 def test_every_script_has_the_same_help(script, capsys):
     """One command-line convention: --help prints the script's docstring and each option as --key=default."""
     module = importlib.import_module(script)

@@ -4,6 +4,7 @@ The table is the contract: each mistake must end with a non-zero exit, no traceb
 table shows. A row without a scenario, or a scenario without a row, fails the suite, so the table cannot drift.
 """
 
+import importlib.util
 import os
 import re
 import shutil
@@ -16,6 +17,7 @@ import torch
 
 import checkpoint
 import compare
+import export
 import files
 import plot
 import prepare_shakespeare
@@ -435,6 +437,26 @@ def _(ctx):
 @scenario("Comparing a single run")
 def _(ctx):
     compare.main([str(ctx.run)])
+
+
+@scenario("A tracker switched on without its package")
+def _(ctx):
+    real_find_spec = importlib.util.find_spec
+    ctx.monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb"
+                            else real_find_spec(name, *a))
+    ctx.train(wandb_log=True)
+
+
+@scenario("Exporting a shape no stock architecture computes")
+def _(ctx):
+    ctx.train(position_encoding="sinusoidal", max_iters=1, eval_interval=1)
+    export.main([f"--out_dir={ctx.tmp / 'out'}", f"--output={ctx.tmp / 'exported'}"])
+
+
+@scenario("Exporting without transformers installed")
+def _(ctx):
+    ctx.monkeypatch.setitem(sys.modules, "transformers", None)  # import transformers then raises ImportError
+    export.main([f"--out_dir={ctx.run}", f"--output={ctx.tmp / 'exported'}"])
 
 
 @scenario("Misspelled key in a grid search")
