@@ -1,5 +1,5 @@
 # Experiment: train twice as long; the schedule stretches with max_iters.
-from config.cpu_2min import *
+from config.cpu_2min_adamw import *
 
 max_iters = 5400
 eval_interval = 1350
