@@ -55,7 +55,7 @@ def estimate_loss(model, batches, autocast) -> float:
     for x, y in batches:
         with autocast:
             _, loss = model(x, y)
-        losses.append(loss.float())
+        losses.append(loss.float().clone())  # a copy: under CUDA graphs the next call reuses the output's memory
     return torch.stack(losses).mean().item()
 
 

@@ -36,7 +36,7 @@ STEPS = [
     ("sample", "sampling speed, each cache mode, 500 characters",
      "python bench.py config/baseline.py --sample --repeats=3", 60),
     ("record", "one seed of config/record.py (nanoGPT's compute: 5,000 x 16,384 tokens)",
-     "python train.py config/record.py --seed=1 --out_dir=out/gpu-check/record --overwrite=True", 180),
+     "python train.py config/record.py --seed=1 --out_dir=out/gpu-check/record --overwrite=True", 240),
 ]
 
 

@@ -24,6 +24,8 @@ def wandb_records(path: str) -> list:
             position += block - position % block
             continue
         _, length, kind = struct.unpack("<IHB", data[position:position + 7])
+        if position + 7 + length > len(data):
+            break  # a record still being written
         pieces += data[position + 7:position + 7 + length]
         position += 7 + length
         if kind in (1, 4):
@@ -41,6 +43,8 @@ def test_wandb_offline_receives_every_evaluation_and_the_config(tiny_data, tmp_p
     out = tmp_path / "run"
     train.main(tiny_train_args(tiny_data, out, max_iters=20, wandb_log=True, wandb_project="tests",
                                wandb_run_name="tiny"))
+    import wandb
+    wandb.teardown()  # W&B's own process writes the file after run.finish() returns: wait until it is done
     (path,) = glob.glob(str(out / "wandb" / "offline-run-*" / "run-*.wandb"))
     records = wandb_records(path)
     history = [{item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in r.history.item}
