@@ -14,6 +14,7 @@ import signal
 import threading
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -76,6 +77,20 @@ def fused_adamw_available(device: str) -> bool:
     except (ImportError, AttributeError):
         supported = ["cuda"]
     return device.split(":")[0] in supported
+
+
+def cpu_has_bf16(cpuinfo: str | None = None) -> bool:
+    """Whether this CPU multiplies bfloat16 matrices in hardware (x86's avx512_bf16 or amx_bf16, Arm's bf16), read
+    from Linux's /proc/cpuinfo (or the text given). Elsewhere False: without such units bfloat16 is emulated, and
+    slower than float32."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text(errors="replace")
+        except OSError:
+            return False
+    flags = set(re.findall(r"[\w.]+", " ".join(line.split(":", 1)[-1] for line in cpuinfo.splitlines()
+                                              if line.lower().startswith(("flags", "features")))))
+    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
 
 
 def resolve_compile(requested, device: str) -> bool:

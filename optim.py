@@ -16,9 +16,12 @@ the norm gains keep AdamW, which Muon's author recommends too.
 """
 
 import copy
+import functools
 import math
 
 import torch
+
+import devices
 
 # The quintic Newton-Schulz iteration X <- a X + b (X X^T) X + c (X X^T)^2 X, with Muon's published coefficients.
 # They are tuned for speed, not exactness: five steps take every singular value of a normalised matrix into roughly
@@ -26,12 +29,12 @@ import torch
 NEWTON_SCHULZ_COEFFS = (3.4445, -4.7750, 2.0315)
 
 
-def orthogonalize(g: torch.Tensor, steps: int = 5) -> torch.Tensor:
-    """Approximately U V^T for g = U S V^T (its singular value decomposition): g with its singular values set to ~1."""
+def orthogonalize(g: torch.Tensor, steps: int = 5, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Approximately U V^T for g = U S V^T (its singular value decomposition): g with its singular values set to ~1.
+    The iteration runs in dtype (newton_schulz_dtype's choice for the device, in training)."""
     assert g.dim() == 2, f"orthogonalize takes a matrix, got a tensor of shape {tuple(g.shape)}"
     a, b, c = NEWTON_SCHULZ_COEFFS
-    # bfloat16 is plenty for an approximate iteration and fast on a GPU; CPUs without bf16 units are faster in fp32.
-    x = g.to(torch.bfloat16 if g.is_cuda else torch.float32)
+    x = g.to(dtype)
     wide = x.size(0) <= x.size(1)
     if not wide:
         x = x.mT  # work on the (short, long) orientation, whose Gram matrix X X^T is the small one
@@ -42,6 +45,14 @@ def orthogonalize(g: torch.Tensor, steps: int = 5) -> torch.Tensor:
     if not wide:
         x = x.mT
     return x.to(g.dtype)
+
+
+@functools.cache
+def newton_schulz_dtype(device_type: str) -> torch.dtype:
+    """bfloat16 is plenty for an approximate iteration, and faster wherever the hardware multiplies it: GPUs, and
+    CPUs with bf16 units (devices.cpu_has_bf16). Elsewhere float32, which is then the faster one."""
+    return torch.bfloat16 if device_type == "cuda" or (device_type == "cpu" and devices.cpu_has_bf16()) \
+        else torch.float32
 
 
 class Muon(torch.optim.Optimizer):
@@ -86,7 +97,7 @@ class Muon(torch.optim.Optimizer):
             buf = state["momentum_buffer"]
             buf.mul_(momentum).add_(grad)
             direction = grad.add(buf, alpha=momentum) if group["nesterov"] else buf
-            update = orthogonalize(direction)
+            update = orthogonalize(direction, dtype=newton_schulz_dtype(p.device.type))
             # An orthogonal (rows, cols) matrix has entries of size ~1/sqrt(max(rows, cols)); the factor keeps the
             # update's size per entry alike for tall matrices (rows > cols), as the published algorithm does.
             scale = math.sqrt(max(1.0, p.size(0) / p.size(1)))

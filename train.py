@@ -53,6 +53,7 @@ class TrainConfig:
     always_save_checkpoint: bool = True  # write ckpt.pt at every evaluation (false: only when val loss improves)
     # evaluation and logging
     eval_interval: int = 250  # optimizer steps between evaluations (there is always one at the last step)
+    eval_at_start: bool = True  # evaluate the untrained model at iter 0 (false: one evaluation less to wait for)
     eval_iters: int = 200  # random train batches averaged for the train loss (val loss uses the whole val split)
     early_stop_patience: int = 0  # stop after this many evaluations without a better val loss; 0 = never
     log_interval: int = 10  # optimizer steps between progress-bar updates (each reads the loss: a host sync)
@@ -326,7 +327,8 @@ def train_loop(cfg: TrainConfig, argv, ranks, state: RunState, model, eval_model
             last_step = state.iter_num >= cfg.max_iters
             state.elapsed_s = elapsed_before + time.perf_counter() - started
             # evaluate, log and checkpoint when due
-            if (state.iter_num % cfg.eval_interval == 0 or last_step) and state.iter_num != resumed_at:
+            due = state.iter_num % cfg.eval_interval == 0 and (state.iter_num > 0 or cfg.eval_at_start)
+            if (due or last_step) and state.iter_num != resumed_at:
                 # Only rank 0 evaluates; the others wait for its losses, so that every process decides alike.
                 evaluation = evaluate(eval_model, cfg, train_data, val_data, state.iter_num, autocast) \
                     if ranks.master else {}

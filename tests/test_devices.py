@@ -65,3 +65,15 @@ def test_adamw_is_fused_where_pytorch_has_the_kernel(monkeypatch):
     model, optimizer = train.build(train.TrainConfig(n_layer=1, n_head=2, n_embd=16, block_size=8), 10, "cpu")
     assert optimizer.defaults["fused"] is False  # an older PyTorch: the plain AdamW on a CPU
 
+
+
+@pytest.mark.parametrize("cpuinfo, expected", [
+    ("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16 sha_ni\n", True),  # AMD Zen 4, Intel Cooper Lake
+    ("flags\t\t: fpu avx2 avx512f amx_bf16 amx_tile\n", True),  # Intel Sapphire Rapids
+    ("flags\t\t: fpu avx2 avx512f avx512bw\n", False),  # AVX-512 without bf16: emulated, slower than float32
+    ("Features\t: fp asimd bf16 i8mm\n", True),  # Arm with bf16 (Graviton 3, Neoverse V1)
+    ("Features\t: fp asimd\n", False),
+    ("", False),
+])
+def test_bfloat16_matrix_units_are_read_from_the_cpu_flags(cpuinfo, expected):
+    assert devices.cpu_has_bf16(cpuinfo) is expected

@@ -5,6 +5,7 @@ import shutil
 import pytest
 import torch
 
+import optim
 import train
 from conftest import tiny_train_args
 from data import load_data
@@ -157,3 +158,14 @@ def test_ema_is_evaluated_saved_and_resumed(tiny_data, tmp_path):
         return [(m["iter_num"], m["train_loss"], m["val_loss"]) for m in read_metrics(run)]
 
     assert len(curve(straight)) == 5 and curve(halves) == curve(straight)
+
+
+def test_newton_schulz_in_bfloat16_orthogonalises_like_float32():
+    """Muon's iteration runs in bfloat16 where the hardware has it (GPUs, CPUs with bf16 units): the same map, to
+    bfloat16's precision."""
+    g = torch.randn(96, 32, generator=torch.Generator().manual_seed(0))
+    exact, fast = orthogonalize(g), orthogonalize(g, dtype=torch.bfloat16)
+    assert fast.dtype == g.dtype
+    torch.testing.assert_close(fast, exact, atol=0.03, rtol=0)
+    assert optim.newton_schulz_dtype("cuda") == torch.bfloat16
+    assert optim.newton_schulz_dtype("mps") == torch.float32

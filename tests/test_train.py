@@ -307,3 +307,10 @@ def test_resume_with_another_architecture_option_is_refused(tiny_run, tiny_data,
     err = capsys.readouterr().err
     assert "its model has norm layernorm, this run asks for rmsnorm (set --norm=layernorm" in err
     assert "its model has tie_weights True, this run asks for False" in err
+
+
+def test_eval_at_start_false_skips_only_the_untrained_models_evaluation(tiny_data, tmp_path):
+    summary = train.main(tiny_train_args(tiny_data, tmp_path / "run", max_iters=20, eval_interval=10,
+                                         eval_at_start=False))
+    assert [m["iter_num"] for m in read_metrics(tmp_path / "run")] == [10, 20]
+    assert summary["best_iter"] in (10, 20) and (tmp_path / "run" / "best.pt").exists()
