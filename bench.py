@@ -22,7 +22,8 @@ MFU (model FLOPs utilization) counts 6 FLOPs per parameter per token plus 12 * n
 attention (forward and backward), and divides by the GPU's dense peak for the row's arithmetic (bf16 or fp16; TF32
 for the fast path's float32, else FP32), looked up by its name in devices.GPU_PEAKS, or by --peak_flops. Peak
 memory is torch's peak allocation on a GPU, and this process's peak resident memory on a CPU (which only grows, so
-on a CPU it is an upper bound for every row after the first).
+on a CPU it is an upper bound for every row after the first). "data load s" is the time load_data takes to check
+and map the data; "s per evaluation" is the median time of train.py's evaluate(), val and train loss together.
 """
 
 import platform
@@ -44,7 +45,7 @@ from devices import device_name, gpu_peak_flops, mixed_precision, resolve_compil
 from files import write_atomic
 from model import GENERATION_CACHES
 from runlog import fmt, markdown_table, read_metrics, read_summary
-from train import TrainConfig, build, load_config, train_step
+from train import TrainConfig, build, evaluate, load_config, train_step
 
 
 @dataclass
@@ -148,7 +149,7 @@ def time_steps(cfg: TrainConfig, options: BenchOptions, train_data, vocab_size: 
         if device.startswith("cuda"):
             torch.cuda.reset_peak_memory_stats(device)
         parts, setup = build_trainer(cfg, vocab_size, device, fast)
-        step = (*parts, train_data, torch.Generator(device=device).manual_seed(cfg.seed), cfg, mine)
+        step = (*parts, train_data, torch.Generator(device=train_data.device).manual_seed(cfg.seed), cfg, mine)
         first_started = time.perf_counter()
         train_step(*step)
         synchronize(device)
@@ -218,12 +219,28 @@ def time_sampling(cfg: TrainConfig, options: BenchOptions, vocab_size: int, devi
 # ----------------------------------------------------------------------------------------------------------------------
 # The three benchmarks: each gives a table's header and rows
 
+def time_evaluation(cfg: TrainConfig, options: BenchOptions, train_data, val_data, vocab_size: int,
+                    device: str) -> float:
+    """Median seconds of train.py's evaluate() (val and train loss, each over what eval_tokens allows)."""
+    (model, _, _, autocast), _ = build_trainer(cfg, vocab_size, device, fast=True)
+    seconds = []
+    for _ in range(options.repeats):
+        started = time.perf_counter()
+        evaluate(model, cfg, train_data, val_data, autocast)
+        synchronize(device)
+        seconds.append(time.perf_counter() - started)
+    return statistics.median(seconds)
+
+
 def bench_steps(configs, options: BenchOptions, vocab_size: int, device: str) -> tuple[list[str], list[list]]:
     rows, peaks = [], []
     for path, cfg in configs:
-        _, train_data, _, _ = load_data(cfg.data_dir, resolve_device(cfg.device), cfg.block_size)
+        started = time.perf_counter()
+        _, train_data, val_data, _ = load_data(cfg.data_dir, resolve_device(cfg.device), cfg.block_size)
+        load_s = time.perf_counter() - started
         fast_path = [True, False] if options.compare else [True]
         results = time_steps(cfg, options, train_data, vocab_size, resolve_device(cfg.device), fast_path)
+        eval_s = time_evaluation(cfg, options, train_data, val_data, vocab_size, resolve_device(cfg.device))
         tokens_per_iter = cfg.batch_size * cfg.block_size * cfg.gradient_accumulation_steps
         for fast in fast_path:
             r = results[fast]
@@ -235,9 +252,11 @@ def bench_steps(configs, options: BenchOptions, vocab_size: int, device: str) ->
             speedup = results[False]["ms_median"] / r["ms_median"] if False in results else None
             rows.append([path, "fast" if fast else "off", r["dtype"], r["compile"] or "no", f"{r['ms_median']:.1f}",
                          f"{min(r['ms']):.1f}-{max(r['ms']):.1f}", f"{tokens_per_s:,.0f}", fmt(mfu, ".1%", "n/a"),
-                         f"{r['memory_mb']:,.0f}", fmt(r["compile_s"], ".1f"), fmt(speedup, ".2f")])
+                         f"{r['memory_mb']:,.0f}", fmt(r["compile_s"], ".1f"), fmt(speedup, ".2f"), f"{load_s:.2f}",
+                         f"{eval_s:.2f}" if fast else "-"])
     header = ["config", "fast path", "dtype", "compiled", "ms/iter (median)", "range", "tokens/s",
-              f"MFU (of {', '.join(dict.fromkeys(peaks))})", "peak MB", "compile s", "speed-up vs off"]
+              f"MFU (of {', '.join(dict.fromkeys(peaks))})", "peak MB", "compile s", "speed-up vs off", "data load s",
+              "s per evaluation"]
     return header, rows
 
 

@@ -1,10 +1,15 @@
 """The prepared dataset: characters to ids and back, and the files train.bin, val.bin and meta.json, written here for
 prepare_shakespeare.py and read here for train.py and bench.py.
 
-    train.bin, val.bin  raw uint16 token ids (the first and last part of the text), readable with np.memmap
-    meta.json           the vocabulary (id -> character), and each split's token count and sha256
+    train.bin, val.bin  raw token ids (the first and last part of the text), readable with np.memmap: uint16, as
+                        nanoGPT writes them, or uint32 for a vocabulary of more than 65,536 characters
+    meta.json           the vocabulary (id -> character), the id dtype, and each split's token count and checksums
+
+Both sides work in pieces, so that a text larger than memory can be prepared and trained on: the text is read and
+encoded in chunks, and training reads the token files through a memory map (only the pages a batch touches).
 """
 
+import codecs
 import hashlib
 import json
 from pathlib import Path
@@ -17,6 +22,11 @@ from files import read_json, write_atomic
 
 META_FORMAT_VERSION = 1
 NOT_PREPARED = "run prepare_shakespeare.py first (or point --data_dir at prepared data)"
+ID_DTYPES = {"uint16": np.uint16, "uint32": np.uint32}
+CHUNK_BYTES = 1 << 24  # how much of the text is read and encoded at a time: bounds prepare's memory
+# Checked in full at every start up to this size; past it, the start-up check reads SPOT_BLOCKS spread blocks.
+FULL_CHECK_BYTES = 64 << 20
+SPOT_BLOCKS, SPOT_BLOCK_BYTES = 64, 1 << 16
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -40,37 +50,117 @@ def decode(ids, vocab: list[str]) -> str:
     return "".join(vocab[i] for i in ids)
 
 
-# ----------------------------------------------------------------------------------------------------------------------
-# Writing
+def id_dtype(vocab_size: int) -> str:
+    """uint16 (nanoGPT's format) while every id fits in it, else uint32."""
+    return "uint16" if vocab_size <= np.iinfo(np.uint16).max + 1 else "uint32"
 
-def write_dataset(text: str, data_dir: Path, val_fraction: float, source: str) -> dict:
-    """Encode text and write train.bin, val.bin and meta.json into data_dir. Returns the metadata written."""
-    vocab = build_vocab(text)
-    if len(vocab) > np.iinfo(np.uint16).max + 1:
-        raise UsageError(f"the text has {len(vocab)} distinct characters; uint16 ids allow at most 65536")
-    ids = np.array(encode(text, vocab), dtype=np.uint16)
-    n_train = int(len(ids) * (1 - val_fraction))
-    train_ids, val_ids = ids[:n_train], ids[n_train:]
-    if len(train_ids) < 2 or len(val_ids) < 2:
-        raise UsageError(f"the text ({len(ids)} characters) is too short to split with val_fraction "
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Writing, a chunk at a time
+
+def text_chunks(path: Path, chunk_bytes: int | None = None, on_read=None):
+    """The UTF-8 text file at path as str pieces of about chunk_bytes, with newlines read as Python reads text files
+    (\r\n and \r become \n). A byte that is not UTF-8 raises UnicodeDecodeError with start = its offset in the
+    file. on_read, if given, is called with the number of bytes of each piece read (for a progress bar)."""
+    decoder, offset, held, chunk_bytes = codecs.getincrementaldecoder("utf-8")(), 0, "", chunk_bytes or CHUNK_BYTES
+    with open(path, "rb") as f:
+        while True:
+            raw = f.read(chunk_bytes)
+            try:
+                piece = held + decoder.decode(raw, final=not raw)
+            except UnicodeDecodeError as e:
+                raise UnicodeDecodeError(e.encoding, e.object, offset + e.start, offset + e.end, e.reason) from None
+            offset += len(raw)
+            if on_read is not None:
+                on_read(len(raw))
+            # a \r at the end may be the first half of a \r\n: keep it for the next piece
+            held = "\r" if raw and piece.endswith("\r") else ""
+            piece = (piece[:-1] if held else piece).replace("\r\n", "\n").replace("\r", "\n")
+            if piece:
+                yield piece
+            if not raw:
+                return
+
+
+def scan_text(path: Path, chunk_bytes: int | None = None, on_read=None) -> tuple[list[str], int]:
+    """(vocabulary, number of characters) of the text file, read a chunk at a time; each chunk's characters are
+    counted by code point, an array operation rather than a loop over characters."""
+    seen, n_chars = np.zeros(0, dtype=bool), 0
+    for piece in text_chunks(path, chunk_bytes, on_read):
+        present = np.bincount(np.frombuffer(piece.encode("utf-32-le"), dtype=np.uint32)) > 0
+        if len(present) > len(seen):
+            seen = np.pad(seen, (0, len(present) - len(seen)))
+        seen[:len(present)] |= present
+        n_chars += len(piece)
+    return [chr(code) for code in np.flatnonzero(seen)], n_chars
+
+
+def encoded_chunks(path: Path, vocab: list[str], dtype: str, chunk_bytes: int | None = None, on_read=None):
+    """The text's ids, a chunk at a time, through a table from code point to id (one array lookup per chunk)."""
+    table = np.zeros(ord(max(vocab)) + 1, dtype=ID_DTYPES[dtype])
+    table[[ord(ch) for ch in vocab]] = np.arange(len(vocab))
+    for piece in text_chunks(path, chunk_bytes, on_read):
+        yield table[np.frombuffer(piece.encode("utf-32-le"), dtype=np.uint32)]
+
+
+def write_ids(path: Path, chunks, n_tokens: int, leftover: list) -> dict:
+    """Write the first n_tokens ids of chunks to path (atomically), hashing them as they go. What is left of the
+    last chunk read goes into leftover, for the next split. Returns the split's tokens and checksums."""
+    sha256, written = hashlib.sha256(), 0
+
+    def write(f):
+        nonlocal written
+        for ids in chunks:
+            part = ids[:n_tokens - written]
+            f.write(part.tobytes())
+            sha256.update(part.tobytes())
+            written += len(part)
+            if written == n_tokens:
+                leftover.append(ids[len(part):])
+                return
+
+    write_atomic(path, write)
+    return {"tokens": written, "sha256": sha256.hexdigest(), "spot_sha256": spot_sha256(path)}
+
+
+def write_dataset(path: Path, data_dir: Path, val_fraction: float, source: str, chunk_bytes: int | None = None,
+                  on_read=None) -> dict:
+    """Encode the text file at path into train.bin, val.bin and meta.json in data_dir, in two passes over the text
+    (the vocabulary, then the ids) that each hold one chunk in memory. Returns the metadata written."""
+    vocab, n_chars = scan_text(path, chunk_bytes, on_read)
+    n_train = int(n_chars * (1 - val_fraction))
+    if n_train < 2 or n_chars - n_train < 2:
+        raise UsageError(f"the text ({n_chars} characters) is too short to split with val_fraction "
                          f"{val_fraction}: each split needs at least 2 characters")
-    data_dir = Path(data_dir)
-    for name, split_ids in (("train.bin", train_ids), ("val.bin", val_ids)):
-        write_atomic(data_dir / name, split_ids.tobytes())
+    dtype, data_dir, leftover = id_dtype(len(vocab)), Path(data_dir), []
+    chunks = encoded_chunks(path, vocab, dtype, chunk_bytes, on_read)
+    train = write_ids(data_dir / "train.bin", chunks, n_train, leftover)
+    val = write_ids(data_dir / "val.bin", (ids for part in (leftover, chunks) for ids in part), n_chars - n_train, [])
     meta = {
         "format_version": META_FORMAT_VERSION,
         "vocab_size": len(vocab),
         "vocab": vocab,  # id -> character; the inverse map is rebuilt where needed
-        "dtype": "uint16",
-        "train_tokens": int(len(train_ids)),
-        "val_tokens": int(len(val_ids)),
+        "dtype": dtype,
         # load_split checks the .bin files against these, so a truncated or damaged file is caught before training
-        "train_sha256": hashlib.sha256(train_ids.tobytes()).hexdigest(),
-        "val_sha256": hashlib.sha256(val_ids.tobytes()).hexdigest(),
+        **{f"{name}_{key}": value for name, split in (("train", train), ("val", val)) for key, value in split.items()},
         "source": source,
     }
     write_atomic(data_dir / "meta.json", json.dumps(meta, ensure_ascii=False, indent=1))
     return meta
+
+
+def spot_sha256(path: Path) -> str:
+    """sha256 of SPOT_BLOCKS blocks spread evenly over the file (all of it when it is smaller): a start-up check of a
+    large file that reads a few MB, not the file."""
+    size, sha256 = Path(path).stat().st_size, hashlib.sha256()
+    with open(path, "rb") as f:
+        if size <= SPOT_BLOCKS * SPOT_BLOCK_BYTES:
+            sha256.update(f.read())
+        else:
+            for i in range(SPOT_BLOCKS):
+                f.seek((size - SPOT_BLOCK_BYTES) * i // (SPOT_BLOCKS - 1))
+                sha256.update(f.read(SPOT_BLOCK_BYTES))
+    return sha256.hexdigest()
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -87,31 +177,53 @@ def load_meta(data_dir) -> dict:
     return meta
 
 
-def load_split(data_dir, split: str, meta: dict, device: str) -> tuple[torch.Tensor, str]:
-    """Read data_dir/<split>.bin into memory (on the training device) as int64 token ids, with its sha256.
+def check_split(path: Path, split: str, meta: dict) -> tuple[np.ndarray, str]:
+    """(the token ids of path as a memory map, the sha256 of the whole file), checked against meta.json: the size
+    catches a truncated file; the sha256 (of the whole file up to FULL_CHECK_BYTES, else of spread blocks) a damaged
+    one; and for a file checked whole, every id must be inside the vocabulary. Past FULL_CHECK_BYTES the whole
+    file's sha256 is the one prepare recorded, so that a start-up reads a few MB of the file, not all of it."""
+    dtype = np.dtype(ID_DTYPES.get(meta.get("dtype", "uint16"), np.uint16))
+    size, expected_tokens = path.stat().st_size, meta.get(f"{split}_tokens")
+    if size % dtype.itemsize or (expected_tokens is not None and size // dtype.itemsize != expected_tokens):
+        expected = f"{expected_tokens * dtype.itemsize:,}" if expected_tokens is not None else "a whole number of ids"
+        raise UsageError(f"{path} is truncated: it has {size:,} bytes, meta.json expects {expected}; "
+                         "run prepare_shakespeare.py again")
+    whole = size <= FULL_CHECK_BYTES or f"{split}_spot_sha256" not in meta or f"{split}_sha256" not in meta
+    key = f"{split}_sha256" if whole else f"{split}_spot_sha256"
+    actual = (hashlib.sha256(path.read_bytes()).hexdigest() if whole else spot_sha256(path))
+    if meta.get(key) is not None and actual != meta[key]:
+        raise UsageError(f"{path} is corrupt: its sha256 differs from the one in meta.json; "
+                         "run prepare_shakespeare.py again")
+    # copy-on-write: torch wants a writable array; nothing is ever written back to the file
+    ids = np.memmap(path, dtype=dtype, mode="c") if size else np.zeros(0, dtype)
+    vocab_size = len(meta["vocab"])
+    if whole and ids.size and int(ids.max()) >= vocab_size:
+        raise UsageError(f"{path} holds token id {int(ids.max())} but meta.json's vocabulary has {vocab_size}: "
+                         "the data and its meta.json do not match; run prepare_shakespeare.py again")
+    return ids, actual if whole else meta[f"{split}_sha256"]
 
-    The file is checked against meta.json: its token count and sha256 catch a truncated or damaged file, and every
-    id must be inside the vocabulary."""
+
+def place(ids: np.ndarray, device: str) -> torch.Tensor:
+    """The split where batches are drawn from. On the CPU, the memory map itself (ids as stored: pages are read as
+    batches touch them). On a GPU, the whole split as int32 ids, copied over in pieces, when it takes under a quarter
+    of the free GPU memory; otherwise it stays a memory map on the host and each batch is copied over."""
+    host = torch.from_numpy(ids)
+    if device == "cpu" or (device.startswith("cuda") and 4 * len(ids) > torch.cuda.mem_get_info(device)[0] // 4):
+        return host
+    resident, piece = torch.empty(len(ids), dtype=torch.int32, device=device), 1 << 24  # ids per copy
+    for start in range(0, len(ids), piece):
+        resident[start:start + piece] = host[start:start + piece].to(torch.int32).to(device)
+    return resident
+
+
+def load_split(data_dir, split: str, meta: dict, device: str) -> tuple[torch.Tensor, str]:
+    """data_dir/<split>.bin, checked (check_split) and placed for drawing batches on device (place), with its sha256:
+    the data's identity, which a resume checks."""
     path = Path(data_dir) / f"{split}.bin"
     if not path.exists():
         raise UsageError(f"{path} not found: {NOT_PREPARED}")
-    raw = path.read_bytes()
-    sha256 = hashlib.sha256(raw).hexdigest()
-    expected_tokens = meta.get(f"{split}_tokens")
-    if len(raw) % 2 or (expected_tokens is not None and len(raw) // 2 != expected_tokens):
-        raise UsageError(f"{path} is truncated: it has {len(raw):,} bytes, meta.json expects "
-                         f"{expected_tokens * 2 if expected_tokens is not None else 'an even number of'}; "
-                         "run prepare_shakespeare.py again")
-    expected_sha256 = meta.get(f"{split}_sha256")
-    if expected_sha256 is not None and sha256 != expected_sha256:
-        raise UsageError(f"{path} is corrupt: its sha256 differs from the one in meta.json; "
-                         "run prepare_shakespeare.py again")
-    ids = np.frombuffer(raw, dtype=np.uint16)
-    vocab_size = len(meta["vocab"])
-    if ids.size and int(ids.max()) >= vocab_size:
-        raise UsageError(f"{path} holds token id {int(ids.max())} but meta.json's vocabulary has {vocab_size}: "
-                         "the data and its meta.json do not match; run prepare_shakespeare.py again")
-    return torch.from_numpy(ids.astype(np.int64)).to(device), sha256
+    ids, sha256 = check_split(path, split, meta)
+    return place(ids, device), sha256
 
 
 def load_data(data_dir, device: str, block_size: int) -> tuple[list[str], torch.Tensor, torch.Tensor, dict]:

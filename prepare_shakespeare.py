@@ -3,8 +3,9 @@
     python prepare_shakespeare.py                        # the copy shipped in data/shakespeare_char/input.txt
     python prepare_shakespeare.py --input=my_text.txt --data_dir=data/my_text
 
-Writes train.bin, val.bin (the first 90% and the last 10% of the text, as uint16 character ids) and meta.json (the
-vocabulary, and each split's size and sha256) into data_dir; data.py describes the files. If the Shakespeare text is
+Writes train.bin, val.bin (the first 90% and the last 10% of the text, as uint16 character ids, or uint32 past 65,536
+distinct characters) and meta.json (the vocabulary, and each split's size and checksums) into data_dir; data.py
+describes the files. The text is read in chunks, so a text of several GB needs little memory. If the Shakespeare text is
 missing it is downloaded from the char-rnn repository and its sha256 checked.
 """
 
@@ -86,17 +87,15 @@ def download(url: str, dest: Path, expected_sha256: str, timeout: float = 30.0, 
 # ----------------------------------------------------------------------------------------------------------------------
 # Read and write
 
-def read_text(path: Path) -> str:
+def check_text(path: Path) -> int:
+    """The size in bytes of the text file at path, refused with one line if it is missing or empty."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        size = Path(path).stat().st_size
     except FileNotFoundError:
         raise UsageError(f"input file '{path}' not found: give --input the path of an existing text file") from None
-    except UnicodeDecodeError as e:
-        raise UsageError(f"input file '{path}' is not UTF-8 text (byte {e.start} is invalid): "
-                         "convert it, e.g. with iconv -t utf-8") from None
-    if not text:
+    if not size:
         raise UsageError(f"input file '{path}' is empty: give a text with some characters in it")
-    return text
+    return size
 
 
 def main(argv=None):
@@ -118,9 +117,16 @@ def prepare(argv=None) -> dict:
         except DownloadError as e:
             raise UsageError(f"{e}. Place the file by hand: save Tiny Shakespeare as {source} "
                              f"(sha256 {SHAKESPEARE_SHA256}) and run this again") from None
-    text = read_text(source)
-    meta = write_dataset(text, data_dir, cfg.val_fraction, source=str(source))
-    print(f"{source}: {len(text):,} characters, vocabulary of {meta['vocab_size']}")
+    size = check_text(source)
+    # two passes over the text, a chunk at a time: its vocabulary, then its ids
+    with tqdm(total=2 * size, unit="B", unit_scale=True, desc=f"encoding {source.name}",
+              disable=size < 64 << 20) as bar:
+        try:
+            meta = write_dataset(source, data_dir, cfg.val_fraction, source=str(source), on_read=bar.update)
+        except UnicodeDecodeError as e:
+            raise UsageError(f"input file '{source}' is not UTF-8 text (byte {e.start} is invalid): "
+                             "convert it, e.g. with iconv -t utf-8") from None
+    print(f"{source}: {meta['train_tokens'] + meta['val_tokens']:,} characters, vocabulary of {meta['vocab_size']}")
     print(f"wrote {meta['train_tokens']:,} train and {meta['val_tokens']:,} val tokens to {data_dir}/")
     return meta
 

@@ -29,7 +29,7 @@ from files import read_json, write_atomic, write_json
 from trackers import TRACKER_DIRS
 
 METRICS_KEYS = ("iter_num", "train_loss", "val_loss", "val_ppl", "val_bpc", "val_acc", "val_top5", "lr", "elapsed_s",
-                "tokens_seen")
+                "tokens_seen", "val_loss_tokens", "train_loss_tokens")
 LEGACY_NAMES = {"iter": "iter_num", "iters": "iter_num", "tokens": "tokens_seen", "wall_time_s": "elapsed_s"}
 OVERFIT_MARGIN = 0.01  # nats the val loss may rise after its best before summary.json flags the run as overfitting
 NOT_A_RUN = "give the out_dir of a train.py run"
@@ -129,7 +129,8 @@ def log_evaluation(out_dir: Path, state, evaluation: dict, lr: float, improved: 
     record = {"iter_num": state.iter_num, "train_loss": round(train_loss, 6), "val_loss": round(val_loss, 6),
               "val_ppl": perplexity(val_loss), "val_bpc": round(val_loss / math.log(2), 6),
               "val_acc": round(evaluation["val_acc"], 6), "val_top5": round(evaluation["val_top5"], 6),
-              "lr": lr, "elapsed_s": round(state.elapsed_s, 3), "tokens_seen": state.tokens_seen}
+              "lr": lr, "elapsed_s": round(state.elapsed_s, 3), "tokens_seen": state.tokens_seen,
+              "val_loss_tokens": evaluation["val_loss_tokens"], "train_loss_tokens": evaluation["train_loss_tokens"]}
     path = out_dir / "metrics.jsonl"
     logged = path.read_text(encoding="utf-8") if path.is_file() else ""
     write_atomic(path, logged + json.dumps(record) + "\n")  # the whole file anew: never a line cut short
@@ -177,6 +178,7 @@ def finish(out_dir: Path, status: str, classification: dict, params: int, max_it
         "best_val_ppl": best["val_ppl"],
         "final": {k: final[k] for k in ("iter_num", "train_loss", "val_loss", "val_ppl", "val_bpc", "val_acc",
                                         "val_top5")} | {k: round(v, 6) for k, v in classification.items()},
+        "val_loss_tokens": final.get("val_loss_tokens"),  # the val tokens each val loss is over
         "gap_at_best": round(best["val_loss"] - best["train_loss"], 6),
         "gap_at_end": round(final["val_loss"] - final["train_loss"], 6),
         "overfit": rise > OVERFIT_MARGIN,

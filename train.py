@@ -33,7 +33,7 @@ import runlog
 from checkpoint import RunState, Sources, resume, save
 from configurator import UsageError, build_config, parse_args, run_command
 from data import load_data
-from evaluate import classification_metrics, estimate_loss, eval_batch_size, evaluate_split
+from evaluate import classification_metrics, eval_batch_size, eval_token_count, evaluate_split
 from files import ensure_dir, lock_folder
 from model import GPT, GPTConfig
 from optim import ema_copy, l1_norm, make_optimizer, set_lr, update_ema, weight_matrices
@@ -54,7 +54,8 @@ class TrainConfig:
     # evaluation and logging
     eval_interval: int = 250  # optimizer steps between evaluations (there is always one at the last step)
     eval_at_start: bool = True  # evaluate the untrained model at iter 0 (false: one evaluation less to wait for)
-    eval_iters: int = 200  # random train batches averaged for the train loss (val loss uses the whole val split)
+    eval_iters: int = 200  # batches' worth of train tokens for the train loss (at most eval_tokens, fixed windows)
+    eval_tokens: int = 120_000  # val tokens an evaluation reads at most, in fixed windows spread over the split; 0: all
     early_stop_patience: int = 0  # stop after this many evaluations without a better val loss; 0 = never
     log_interval: int = 10  # optimizer steps between progress-bar updates (each reads the loss: a host sync)
     wandb_log: bool = False  # also log each evaluation and the config to Weights & Biases (pip install wandb)
@@ -111,7 +112,8 @@ def validate(cfg: TrainConfig) -> None:
                 "eval_interval", "eval_iters", "log_interval"):
         if getattr(cfg, key) <= 0:
             problems.append(f"'{key}' must be a positive integer, got {getattr(cfg, key)}")
-    for key in ("max_iters", "warmup_iters", "min_lr", "weight_decay", "grad_clip", "early_stop_patience", "l1"):
+    for key in ("max_iters", "warmup_iters", "min_lr", "weight_decay", "grad_clip", "early_stop_patience", "l1",
+                "eval_tokens"):
         if getattr(cfg, key) < 0:
             problems.append(f"'{key}' must be >= 0, got {getattr(cfg, key)}")
     if cfg.n_head > 0 and cfg.n_embd % cfg.n_head != 0:
@@ -166,11 +168,12 @@ def load_config(argv=None) -> TrainConfig:
 # ----------------------------------------------------------------------------------------------------------------------
 # Batches, the learning rate, one step
 
-def get_batch(data: torch.Tensor, block_size: int, batch_size: int, generator: torch.Generator):
-    """Random windows of block_size + 1 tokens: x is each window's first block_size, y the same shifted by one."""
+def get_batch(data: torch.Tensor, block_size: int, batch_size: int, generator: torch.Generator, device):
+    """Random windows of block_size + 1 tokens: x is each window's first block_size, y the same shifted by one. data
+    (data.place) is the split where it is kept: a memory map of the file, or a copy on the GPU."""
     ix = torch.randint(len(data) - block_size, (batch_size,), generator=generator, device=data.device)  # (B,)
     offsets = torch.arange(block_size + 1, device=data.device)  # (T+1,)
-    windows = data[ix[:, None] + offsets]  # (B, T+1)
+    windows = data[ix[:, None] + offsets].to(device, torch.long)  # (B, T+1), on the training device
     return windows[:, :-1], windows[:, 1:]
 
 
@@ -214,11 +217,12 @@ def train_step(model, optimizer, scaler, autocast, train_data, batch_gen, cfg: T
 
     mine: this process's micro-batches. Under torchrun every process draws all of them in turn from the same
     generator and trains on its own share, so together they train on exactly the batches one process would."""
-    if cfg.compile_mode != "default" and train_data.is_cuda:  # compiled into CUDA graphs
+    device = next(model.parameters()).device  # batches go where the weights are
+    if cfg.compile_mode != "default" and device.type == "cuda":  # compiled into CUDA graphs
         # A new step: the graphs may now reuse the memory of the last step's outputs (its loss was read if logged).
         torch.compiler.cudagraph_mark_step_begin()
     for micro_step in range(cfg.gradient_accumulation_steps):
-        x, y = get_batch(train_data, cfg.block_size, cfg.batch_size, batch_gen)  # (B, T) each
+        x, y = get_batch(train_data, cfg.block_size, cfg.batch_size, batch_gen, device)  # (B, T) each
         if micro_step not in mine:
             continue  # another process's micro-batch
         # DDP averages the gradients over the processes in the backward of this process's last micro-batch only.
@@ -239,17 +243,23 @@ def train_step(model, optimizer, scaler, autocast, train_data, batch_gen, cfg: T
     return loss
 
 
-def evaluate(model, cfg: TrainConfig, train_data, val_data, iter_num: int, autocast) -> dict:
-    """The loss and accuracies over the whole val split, and the train loss on eval_iters random batches (the same
-    batches for every run with this seed, at this iteration)."""
-    generator = torch.Generator(device=train_data.device).manual_seed(cfg.seed + 1 + iter_num)
+def eval_sizes(cfg: TrainConfig) -> tuple[int, int]:
+    """(val tokens, train tokens) an evaluation reads at most; 0: the whole split."""
+    train_tokens = cfg.eval_iters * cfg.batch_size * cfg.block_size
+    return cfg.eval_tokens, min(train_tokens, cfg.eval_tokens) if cfg.eval_tokens else train_tokens
+
+
+def evaluate(model, cfg: TrainConfig, train_data, val_data, autocast) -> dict:
+    """The loss and accuracies over the val split and the loss over the train split, each over at most eval_sizes'
+    tokens, in fixed windows spread over the split (evaluate.split_windows): every evaluation reads the same ones."""
+    device, batch_size = next(model.parameters()).device, eval_batch_size(cfg.batch_size, cfg.block_size)
+    val_tokens, train_tokens = eval_sizes(cfg)
     model.eval()
-    val = evaluate_split(model, val_data, cfg.block_size, eval_batch_size(cfg.batch_size, cfg.block_size), autocast)
-    batches = (get_batch(train_data, cfg.block_size, cfg.batch_size, generator) for _ in range(cfg.eval_iters))
-    train_loss = estimate_loss(model, batches, autocast)
+    val = evaluate_split(model, val_data, cfg.block_size, batch_size, autocast, val_tokens, device)
+    train = evaluate_split(model, train_data, cfg.block_size, batch_size, autocast, train_tokens, device)
     model.train()
-    return {"val_loss": val["loss"], "val_acc": val["acc"], "val_top5": val["top5"], "confusion": val["confusion"],
-            "train_loss": train_loss}
+    return {"val_loss": val["loss"], "val_acc": val["acc"], "val_top5": val["top5"], "char_counts": val["char_counts"],
+            "train_loss": train["loss"], "val_loss_tokens": val["tokens"], "train_loss_tokens": train["tokens"]}
 
 
 def check_finite(what: str, value: float, iter_num: int, lr: float, out_dir, best_iter) -> None:
@@ -279,7 +289,7 @@ def train(argv=None) -> dict | None:
         dtype, compiled = devices.resolve_dtype(cfg.dtype, device), devices.resolve_compile(cfg.compile, device)
         vocab, train_data, val_data, data_info = load_data(cfg.data_dir, device, cfg.block_size)
         # The model, its optimizer and the precision it trains in; the seeds, and the batch sampler's generator.
-        batch_gen = devices.seed_everything(cfg.seed, device)
+        batch_gen = devices.seed_everything(cfg.seed, str(train_data.device))  # on the device the data is kept on
         raw_model, optimizer = build(cfg, len(vocab), device)
         autocast, scaler = devices.mixed_precision(device, dtype)
         state, ema_weights = RunState(), None
@@ -306,6 +316,10 @@ def train(argv=None) -> dict | None:
         if ranks.master:
             info = runlog.run_info(argv, device, ranks.world_size, raw_model.num_params(), resumed_at)
             runlog.start(out_dir, config, info, resumed_at, cfg.overwrite)
+            counts = [eval_token_count(len(split) - 1, cfg.block_size, cap)
+                      for split, cap in zip((val_data, train_data), eval_sizes(cfg))]
+            print(f"each evaluation reads {counts[0]:,} of {len(val_data) - 1:,} val tokens and {counts[1]:,} of "
+                  f"{len(train_data) - 1:,} train tokens")
         with trackers(config, out_dir, on=ranks.master) as track:  # wandb, tensorboard: those switched on
             return train_loop(cfg, argv, ranks, state, model, eval_model, ema_model, optimizer, scaler, autocast,
                               train_data, val_data, batch_gen, sources, track)
@@ -330,7 +344,7 @@ def train_loop(cfg: TrainConfig, argv, ranks, state: RunState, model, eval_model
             due = state.iter_num % cfg.eval_interval == 0 and (state.iter_num > 0 or cfg.eval_at_start)
             if (due or last_step) and state.iter_num != resumed_at:
                 # Only rank 0 evaluates; the others wait for its losses, so that every process decides alike.
-                evaluation = evaluate(eval_model, cfg, train_data, val_data, state.iter_num, autocast) \
+                evaluation = evaluate(eval_model, cfg, train_data, val_data, autocast) \
                     if ranks.master else {}
                 val_loss, train_loss = ranks.from_master(evaluation, ("val_loss", "train_loss"))
                 lr = get_lr(max(state.iter_num - 1, 0), cfg)  # the rate of the step just taken
@@ -379,7 +393,7 @@ def train_loop(cfg: TrainConfig, argv, ranks, state: RunState, model, eval_model
                 bar.update(state.iter_num - bar.n)
     state.elapsed_s = elapsed_before + time.perf_counter() - started
     if evaluation is None and ranks.master:  # resumed at the very end: nothing was evaluated in this process
-        evaluation = evaluate(eval_model, cfg, train_data, val_data, state.iter_num, autocast)
+        evaluation = evaluate(eval_model, cfg, train_data, val_data, autocast)
     tokens_per_s = (state.tokens_seen - tokens_before) / max(time.perf_counter() - started, 1e-9)
     return finish(cfg, argv, ranks, state, status, evaluation, sources.train_model.num_params(), tokens_per_s)
 
@@ -401,7 +415,7 @@ def finish(cfg: TrainConfig, argv, ranks, state: RunState, status: str, evaluati
     if status == "early_stopped":
         print(f"early stop: no better val loss in {state.evals_since_best} evaluations (best "
               f"{state.best_val_loss:.4f} at iter {state.best_iter})")
-    return runlog.finish(out_dir, status, classification_metrics(evaluation["confusion"]), params, cfg.max_iters,
+    return runlog.finish(out_dir, status, classification_metrics(evaluation["char_counts"]), params, cfg.max_iters,
                          state.elapsed_s, tokens_per_s)
 
 

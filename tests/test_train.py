@@ -36,7 +36,7 @@ def test_tiny_run_writes_its_records_and_learns(tiny_run):
     assert [m["iter_num"] for m in metrics] == [0, 10, 20, 30, 40]
     assert set(runlog.METRICS_KEYS) == metrics[0].keys() == {
         "iter_num", "train_loss", "val_loss", "val_ppl", "val_bpc", "val_acc", "val_top5", "lr", "elapsed_s",
-        "tokens_seen"}
+        "tokens_seen", "val_loss_tokens", "train_loss_tokens"}
     assert all(m["val_ppl"] == pytest.approx(math.exp(m["val_loss"]), rel=1e-4) for m in metrics)
     assert all(m["val_bpc"] == pytest.approx(m["val_loss"] / math.log(2), rel=1e-5) for m in metrics)
     assert all(0 <= m["val_acc"] <= m["val_top5"] <= 1 for m in metrics)
@@ -82,7 +82,7 @@ def test_resume_continues_the_same_loss_curve(tmp_path, tiny_data):
 
 def test_get_batch_targets_are_inputs_shifted_by_one():
     data = torch.arange(100)
-    x, y = train.get_batch(data, block_size=8, batch_size=5, generator=torch.Generator().manual_seed(0))
+    x, y = train.get_batch(data, block_size=8, batch_size=5, generator=torch.Generator().manual_seed(0), device="cpu")
     assert x.shape == y.shape == (5, 8)
     assert torch.equal(y, x + 1)
     assert torch.equal(x[:, 1:], x[:, :-1] + 1)  # contiguous windows
@@ -105,9 +105,11 @@ def test_validation_loss_covers_the_whole_split_deterministically():
     assert len(expected) == 42
     assert got["loss"] == pytest.approx(expected.mean().item(), rel=1e-6)
     assert got["acc"] == pytest.approx(hits / 42) and got["top5"] == pytest.approx(top5 / 42)
-    assert got["confusion"].sum().item() == 42 and got["confusion"].diagonal().sum().item() == hits
+    correct, targets, predicted = got["char_counts"]
+    assert correct.sum() == hits and targets.sum() == predicted.sum() == 42 == got["tokens"]
+    assert torch.equal(targets, torch.bincount(data[1:], minlength=7))
     again = evaluate_split(model, data, block_size=8, batch_size=4, autocast=torch.no_grad())
-    assert again["loss"] == got["loss"] and torch.equal(again["confusion"], got["confusion"])
+    assert again["loss"] == got["loss"] and torch.equal(again["char_counts"], got["char_counts"])
 
 
 def test_macro_precision_recall_f1_by_hand():
@@ -119,14 +121,16 @@ def test_macro_precision_recall_f1_by_hand():
     precision = [3 / 6, 2 / 3, 0.0]
     recall = [3 / 4, 2 / 4, 0.0]
     f1 = [2 * p * r / (p + r) if p + r else 0.0 for p, r in zip(precision, recall)]
-    got = classification_metrics(confusion)
+    def counts(confusion):  # per character: correct, as target, as prediction
+        return torch.stack([confusion.diagonal(), confusion.sum(dim=1), confusion.sum(dim=0)])
+    got = classification_metrics(counts(confusion))
     assert got["precision_macro"] == pytest.approx(sum(precision) / 3)
     assert got["recall_macro"] == pytest.approx(sum(recall) / 3)
     assert got["f1_macro"] == pytest.approx(sum(f1) / 3)
     # A character of the vocabulary that never occurs as a target does not enter the average.
     padded = torch.zeros(4, 4, dtype=torch.long)
     padded[:3, :3] = confusion
-    assert classification_metrics(padded)["recall_macro"] == pytest.approx(sum(recall) / 3)
+    assert classification_metrics(counts(padded))["recall_macro"] == pytest.approx(sum(recall) / 3)
 
 
 def test_bits_per_character_and_perplexity_by_hand(tiny_run):
