@@ -5,14 +5,16 @@ windows when it is large), and per-character precision, recall and F1.
 import torch
 import torch.nn.functional as F
 
-# Evaluation needs no gradients, so it takes bigger batches than training: fewer, larger matrix products, while a
-# GPU's activations for them stay small. The size was measured (BENCHMARKS.md).
+# Evaluation needs no gradients, so on a GPU it takes bigger batches than training: fewer, larger matrix products,
+# while the activations for them stay small. On a CPU the training batch is faster: it stays in the caches
+# (BENCHMARKS.md, "CPU: evaluation batch").
 EVAL_TOKENS_PER_BATCH = 16384
 
 
-def eval_batch_size(batch_size: int, block_size: int) -> int:
-    """Windows per forward pass when evaluating a split: about EVAL_TOKENS_PER_BATCH tokens, at least a batch."""
-    return max(batch_size, EVAL_TOKENS_PER_BATCH // block_size)
+def eval_batch_size(batch_size: int, block_size: int, device_type: str) -> int:
+    """Windows per forward pass when evaluating a split: on a GPU about EVAL_TOKENS_PER_BATCH tokens, at least a
+    batch; elsewhere the training batch."""
+    return max(batch_size, EVAL_TOKENS_PER_BATCH // block_size) if device_type == "cuda" else batch_size
 
 
 def window_starts(n_targets: int, block_size: int, max_tokens: int) -> list[int] | None:

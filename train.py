@@ -252,7 +252,8 @@ def eval_sizes(cfg: TrainConfig) -> tuple[int, int]:
 def evaluate(model, cfg: TrainConfig, train_data, val_data, autocast) -> dict:
     """The loss and accuracies over the val split and the loss over the train split, each over at most eval_sizes'
     tokens, in fixed windows spread over the split (evaluate.split_windows): every evaluation reads the same ones."""
-    device, batch_size = next(model.parameters()).device, eval_batch_size(cfg.batch_size, cfg.block_size)
+    device = next(model.parameters()).device
+    batch_size = eval_batch_size(cfg.batch_size, cfg.block_size, device.type)
     val_tokens, train_tokens = eval_sizes(cfg)
     model.eval()
     val = evaluate_split(model, val_data, cfg.block_size, batch_size, autocast, val_tokens, device)
