@@ -105,3 +105,18 @@ def test_torchrun_with_one_process_trains_on_nccl(tiny_data, tmp_path):
     info = json.loads((out / "run.json").read_text())
     assert info["device"] == "cuda:0" and info["world_size"] == 1
     assert read_summary(out)["iter_num"] == 40
+
+
+@pytest.mark.parametrize("fits", [True, False])
+def test_the_data_is_kept_on_the_gpu_when_it_fits_else_batches_come_from_the_host(tiny_data, tmp_path, monkeypatch,
+                                                                                   fits):
+    """A split that fits is copied to the GPU once, as int32; one that does not stays a memory map on the host and
+    each batch is copied over. Either way a run trains."""
+    import data
+    if not fits:
+        monkeypatch.setattr(torch.cuda, "mem_get_info", lambda *a: (1024, 80 << 30))
+    _, train_ids, _, _ = data.load_data(tiny_data, "cuda", 16)
+    assert (train_ids.device.type, train_ids.dtype) == (("cuda", torch.int32) if fits else ("cpu", torch.uint16))
+    summary = train.main(tiny_train_args(tiny_data, tmp_path / "run", device="cuda", dtype="float32",
+                                         compile="false", max_iters=20))
+    assert summary["status"] == "finished" and summary["best_val_loss"] < 4.0
