@@ -203,11 +203,26 @@ def check_split(path: Path, split: str, meta: dict) -> tuple[np.ndarray, str]:
     return ids, actual if whole else meta[f"{split}_sha256"]
 
 
-def place(ids: np.ndarray, device: str) -> torch.Tensor:
+def indexable(dtype: torch.dtype) -> bool:
+    """Whether this PyTorch can index a tensor of dtype (2.13 can for uint16 and uint32; 2.4 cannot)."""
+    try:
+        torch.zeros(1, dtype=dtype)[torch.zeros(1, dtype=torch.long)]
+        return True
+    except (RuntimeError, NotImplementedError):
+        return False
+
+
+def place(ids: np.ndarray, device: str, vocab_size: int) -> torch.Tensor:
     """The split where batches are drawn from. On the CPU, the memory map itself (ids as stored: pages are read as
     batches touch them). On a GPU, the whole split as int32 ids, copied over in pieces, when it takes under a quarter
     of the free GPU memory; otherwise it stays a memory map on the host and each batch is copied over."""
     host = torch.from_numpy(ids)
+    if not indexable(host.dtype):
+        # Older PyTorch cannot index unsigned tensors. Ids that fit the signed type of the same width are the same
+        # bytes read that way; uint16 ids of a vocabulary past 32,768 are widened to int32, in memory.
+        signed = {torch.uint16: torch.int16, torch.uint32: torch.int32}[host.dtype]
+        fits = vocab_size <= 1 << (8 * host.element_size() - 1)
+        host = host.view(signed) if fits else torch.from_numpy(ids.astype(np.int32))
     if device == "cpu" or (device.startswith("cuda") and 4 * len(ids) > torch.cuda.mem_get_info(device)[0] // 4):
         return host
     resident, piece = torch.empty(len(ids), dtype=torch.int32, device=device), 1 << 24  # ids per copy
@@ -223,7 +238,7 @@ def load_split(data_dir, split: str, meta: dict, device: str) -> tuple[torch.Ten
     if not path.exists():
         raise UsageError(f"{path} not found: {NOT_PREPARED}")
     ids, sha256 = check_split(path, split, meta)
-    return place(ids, device), sha256
+    return place(ids, device, len(meta["vocab"])), sha256
 
 
 def load_data(data_dir, device: str, block_size: int) -> tuple[list[str], torch.Tensor, torch.Tensor, dict]:

@@ -119,3 +119,14 @@ def test_every_evaluation_of_every_run_and_resume_reads_the_same_windows(tiny_da
     metrics = [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
     assert {m["val_loss_tokens"] for m in metrics} == {m["train_loss_tokens"] for m in metrics} == {96}  # 6 x 16
     assert json.loads((tmp_path / "a" / "summary.json").read_text())["val_loss_tokens"] == 96
+
+
+def test_a_pytorch_that_cannot_index_unsigned_tensors_reads_the_same_ids(tiny_data, monkeypatch):
+    """PyTorch before 2.5 cannot index uint16 tensors: the same bytes are read as int16 (ids below 32,768), and the
+    batches are the same."""
+    _, expected, _, _ = load_data(tiny_data, "cpu", 16)
+    monkeypatch.setattr(data, "indexable", lambda dtype: False)
+    _, got, _, _ = load_data(tiny_data, "cpu", 16)
+    assert got.dtype == torch.int16
+    batch = [train.get_batch(ids, 16, 4, torch.Generator().manual_seed(0), "cpu") for ids in (expected, got)]
+    assert all(torch.equal(a, b) for a, b in zip(*batch))
