@@ -2,10 +2,17 @@
 
     python prepare_shakespeare.py                        # the copy shipped in data/shakespeare_char/input.txt
     python prepare_shakespeare.py --input=my_text.txt --data_dir=data/my_text
+    python prepare_shakespeare.py --input=data/shakespeare_char/input.txt --keep_speakers=ROMEO,JULIET \
+        --data_dir=data/romeo_juliet          # only the lovers' speeches (drop_speakers: all the others')
 
 Writes train.bin, val.bin (the first 90% and the last 10% of the text, as uint16 character ids) and meta.json (the
 vocabulary, and each split's size and sha256) into data_dir; data.py describes the files. If the Shakespeare text is
 missing it is downloaded from the char-rnn repository and its sha256 checked.
+
+keep_speakers and drop_speakers cut a play-formatted text (speeches apart by a blank line, each opening with its
+speaker's name and a colon on a line of its own, as in Tiny Shakespeare) into the speeches of some speakers, or of
+all the others: two disjoint texts from one file, e.g. to pretrain on one and fine-tune on the other (see
+config/finetune_romeo_juliet.py). The speeches keep their order, so val.bin is the last of them.
 """
 
 import hashlib
@@ -16,7 +23,7 @@ from pathlib import Path
 import requests
 from tqdm import tqdm
 
-from configurator import UsageError, build_config, parse_args, refuse_positional, run_command
+from configurator import UsageError, build_config, parse_args, refuse_positional, run_command, suggest
 from data import write_dataset
 from files import ensure_dir, write_atomic
 
@@ -30,6 +37,8 @@ class PrepareConfig:
     data_dir: str = "data/shakespeare_char"  # where train.bin, val.bin and meta.json go
     val_fraction: float = 0.1  # share of the text, at its end, kept for validation
     url: str = SHAKESPEARE_URL  # where to download Tiny Shakespeare if data_dir/input.txt is missing
+    keep_speakers: str = ""  # comma-separated speakers (e.g. ROMEO,JULIET): keep only their speeches
+    drop_speakers: str = ""  # comma-separated speakers: keep every speech but theirs
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -84,7 +93,7 @@ def download(url: str, dest: Path, expected_sha256: str, timeout: float = 30.0, 
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Read and write
+# Read, select and write
 
 def read_text(path: Path) -> str:
     try:
@@ -97,6 +106,32 @@ def read_text(path: Path) -> str:
     if not text:
         raise UsageError(f"input file '{path}' is empty: give a text with some characters in it")
     return text
+
+
+def speaker_of(speech: str) -> str | None:
+    """The name heading a speech ('ROMEO' for 'ROMEO:\n...'), or None for a block that has no heading."""
+    first = speech.strip("\n").split("\n", 1)[0]
+    return first[:-1] if first.endswith(":") else None
+
+
+def select_speeches(text: str, keep: str, drop: str) -> str:
+    """The speeches of the speakers in keep (comma-separated), or of every speaker but those in drop, in their order;
+    the text unchanged when both are empty."""
+    if not keep and not drop:
+        return text
+    if keep and drop:
+        raise UsageError("give keep_speakers or drop_speakers, not both: the one names the speeches kept, the other "
+                         "those left out")
+    key, names = ("keep_speakers", keep) if keep else ("drop_speakers", drop)
+    wanted = {name.strip() for name in names.split(",") if name.strip()}
+    speeches = [speech for speech in text.split("\n\n") if speech.strip("\n")]
+    speakers = {speaker_of(speech) for speech in speeches} - {None}
+    problems = [f"'{key}': {name!r} never speaks in this text{suggest(name, speakers)}; names are as the text writes "
+                "them before the colon" for name in sorted(wanted - speakers)]
+    if problems:
+        raise UsageError(problems)
+    kept = [speech.strip("\n") for speech in speeches if (speaker_of(speech) in wanted) == bool(keep)]
+    return "\n\n".join(kept) + "\n"
 
 
 def main(argv=None):
@@ -118,9 +153,11 @@ def prepare(argv=None) -> dict:
         except DownloadError as e:
             raise UsageError(f"{e}. Place the file by hand: save Tiny Shakespeare as {source} "
                              f"(sha256 {SHAKESPEARE_SHA256}) and run this again") from None
-    text = read_text(source)
-    meta = write_dataset(text, data_dir, cfg.val_fraction, source=str(source))
-    print(f"{source}: {len(text):,} characters, vocabulary of {meta['vocab_size']}")
+    text = select_speeches(read_text(source), cfg.keep_speakers, cfg.drop_speakers)
+    selection = f" (keep_speakers {cfg.keep_speakers})" if cfg.keep_speakers else \
+        f" (drop_speakers {cfg.drop_speakers})" if cfg.drop_speakers else ""
+    meta = write_dataset(text, data_dir, cfg.val_fraction, source=str(source) + selection)
+    print(f"{source}{selection}: {len(text):,} characters, vocabulary of {meta['vocab_size']}")
     print(f"wrote {meta['train_tokens']:,} train and {meta['val_tokens']:,} val tokens to {data_dir}/")
     return meta
 
