@@ -71,12 +71,13 @@ def save(path: Path, state: RunState, sources: Sources, resumable: bool = True) 
                  then="run the same command with --init_from=resume (or from scratch if out_dir has no ckpt.pt)")
 
 
-def load_checkpoint(path: Path, device: str = "cpu") -> dict:
-    """Load one of our checkpoints safely (weights_only: no code runs) or explain what is wrong with it."""
+def load_checkpoint(path: Path, device: str = "cpu", mmap: bool = False) -> dict:
+    """Load one of our checkpoints safely (weights_only: no code runs) or explain what is wrong with it. mmap: the
+    tensors stay in the file, read only where used (for a look at what a checkpoint is, or weights copied once)."""
     if not path.exists():
         raise UsageError(f"checkpoint {path} not found")
     try:
-        ckpt = torch.load(path, map_location=device, weights_only=True)
+        ckpt = torch.load(path, map_location=device, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError:
         # weights_only refuses any object that is not a tensor or plain data before building it: such a file
         # could run code when loaded, and a checkpoint of this harness never holds one.
@@ -155,7 +156,8 @@ def resume(out_dir: Path, settings: dict, vocab: list[str], data_info: dict, mod
 
 
 def check_resumable(ckpt: dict, path: Path, settings: dict, vocab: list[str], data_info: dict) -> None:
-    """Refuse to resume from a checkpoint whose model shape, vocabulary, data or optimizer differ from this run's."""
+    """Refuse to resume from a checkpoint whose model shape, vocabulary, data, optimizer or frozen layers differ from
+    this run's (vocab: the data's, every character of which the checkpoint's model must know)."""
     if ckpt.get("optimizer") is None:
         raise UsageError(f"{path} holds no optimizer state, so it cannot be resumed: start a new run with "
                          "--init_from=scratch")
@@ -165,9 +167,12 @@ def check_resumable(ckpt: dict, path: Path, settings: dict, vocab: list[str], da
                 f"{settings[key]} (set --{key}={saved[key]} or start a new run)"
                 for key in MODEL_SHAPE_KEYS if saved[key] != settings[key]]
     data_dir = settings["data_dir"]
-    if ckpt["vocab"] != vocab:
-        problems.append(f"cannot resume from {path}: the vocabulary in {data_dir}/meta.json "
-                        f"({len(vocab)} characters) differs from the checkpoint's ({len(ckpt['vocab'])}); "
+    # A run from a trained model has that model's vocabulary, which may hold more characters than its data, in
+    # another order: the data's ids are mapped onto it by character (data.remap_ids).
+    unseen = sorted(set(vocab) - set(ckpt["vocab"]))
+    if unseen:
+        problems.append(f"cannot resume from {path}: {data_dir}/meta.json has characters its model never saw "
+                        f"({' '.join(repr(c) for c in unseen[:10])}{' ...' if len(unseen) > 10 else ''}); "
                         "point --data_dir at the data it was trained on")
     saved_data = ckpt.get("data") or data_info  # nanoGPT's checkpoints do not record their data
     for split in ("train", "val"):
@@ -181,6 +186,10 @@ def check_resumable(ckpt: dict, path: Path, settings: dict, vocab: list[str], da
     if saved_optimizer != settings["optimizer"]:
         problems.append(f"cannot resume from {path}: it was trained with optimizer {saved_optimizer}, this run asks "
                         f"for {settings['optimizer']} (set --optimizer={saved_optimizer} or start a new run)")
+    saved_frozen = (ckpt.get("train_config") or {}).get("freeze_layers", 0)  # its optimizer holds the others only
+    if saved_frozen != settings["freeze_layers"]:
+        problems.append(f"cannot resume from {path}: it was trained with freeze_layers {saved_frozen}, this run asks "
+                        f"for {settings['freeze_layers']} (set --freeze_layers={saved_frozen} or start a new run)")
     if problems:
         raise UsageError(problems)
 

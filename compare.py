@@ -22,7 +22,8 @@ from runlog import (best_eval, fmt, format_duration, markdown_table, read_config
 from sample import generate_texts, read_prompt
 
 # config.json keys that say where or how a run was executed, not what was trained: a difference in them is noise.
-BOOKKEEPING_KEYS = {"out_dir", "init_from", "device", "dtype", "compile", "compile_mode", "log_interval",
+# (init_from says where the weights started, but a resumed run's says resume: the report uses origin() instead.)
+BOOKKEEPING_KEYS = {"out_dir", "device", "dtype", "compile", "compile_mode", "log_interval",
                     "always_save_checkpoint"}
 TEMPERATURE = 0.8
 TOP_K = 0  # no cut: sample among all characters
@@ -48,6 +49,13 @@ def config_differences(config: dict, reference: dict) -> list[str]:
     missing = object()
     return [f"{key}={format_setting(config.get(key, missing), missing)}"
             for key in keys if config.get(key, missing) != reference.get(key, missing)]
+
+
+def origin(run_dir: Path) -> str:
+    """Where a run's weights started, whether it was resumed or not: scratch, or the checkpoint a run from a trained
+    one started from (run.json names it)."""
+    started_from = read_run_info(run_dir).get("started_from")
+    return started_from["path"] if started_from else "scratch"
 
 
 def format_setting(value, missing) -> str:
@@ -154,7 +162,7 @@ def compare(argv: list[str]) -> Path:
 
     # Check every run before the slow part, so a mistake in the last one does not cost the samples of the others.
     all_metrics = [read_metrics(d) for d in run_dirs]
-    configs = [read_config(d) for d in run_dirs]
+    configs = [read_config(d) | {"init_from": origin(d)} for d in run_dirs]
     for run_dir in run_dirs:
         checkpoint_path(run_dir)
     differences = [config_differences(config, configs[0]) for config in configs]

@@ -179,8 +179,11 @@ def split_options(options: dict, *defaults_classes) -> tuple[list[dict], list[st
     return [{key: value for key, value in options.items() if key in fields} for fields in names], unknown
 
 
-def build_config(defaults_cls, config_path: str | None, overrides: dict, where: str = "on the command line"):
-    """Defaults <- config file <- overrides, each key checked against the dataclass fields and converted by type."""
+def build_config(defaults_cls, config_path: str | None, overrides: dict, where: str = "on the command line",
+                 given: set | None = None):
+    """Defaults <- config file <- overrides, each key checked against the dataclass fields and converted by type.
+    given, if passed, receives the keys the config file or the overrides set (whatever their value): a setting that
+    can come from elsewhere (a run from a trained model takes its shape from the checkpoint) yields to those only."""
     fields = {f.name: f for f in dataclasses.fields(defaults_cls)}
     hints = typing.get_type_hints(defaults_cls)
     values, problems = {}, []
@@ -204,6 +207,8 @@ def build_config(defaults_cls, config_path: str | None, overrides: dict, where: 
                     problems.append(f"'{key}' {place} must be {_type_name(hints[key])}, got {raw!r}")
     if problems:
         raise UsageError(problems)
+    if given is not None:
+        given.update(values)
     return defaults_cls(**values)
 
 

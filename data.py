@@ -55,6 +55,27 @@ def id_dtype(vocab_size: int) -> str:
     return "uint16" if vocab_size <= np.iinfo(np.uint16).max + 1 else "uint32"
 
 
+REMAP_CHUNK = 1 << 22  # ids mapped at a time: a split is never copied to int64 all at once
+
+
+def remap_ids(ids: torch.Tensor, data_vocab: list[str], model_vocab: list[str]) -> torch.Tensor:
+    """The ids of a split (encoded with data_vocab) as the ids of the same characters in model_vocab, which holds every
+    one of them: a run from a trained model keeps that model's ids. Any integer dtype in, the same dtype out where
+    model_vocab's ids fit in it (else int64); ids unchanged, not copied, where the two vocabularies are the same."""
+    if data_vocab == model_vocab:
+        return ids
+    stoi = {ch: i for i, ch in enumerate(model_vocab)}
+    dtype = ids.dtype if len(model_vocab) - 1 <= torch.iinfo(ids.dtype).max else torch.int64
+    table = torch.tensor([stoi[ch] for ch in data_vocab], dtype=dtype, device=ids.device)  # data id -> model id
+    out = torch.empty(len(ids), dtype=dtype, device=ids.device)
+    for start in range(0, len(ids), REMAP_CHUNK):
+        # Indexing needs int64 indices; uint16 and uint32 splits are widened one chunk at a time.
+        out[start:start + REMAP_CHUNK] = table[ids[start:start + REMAP_CHUNK].to(torch.int64)]
+    return out
+
+
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # Writing, a chunk at a time
 

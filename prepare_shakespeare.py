@@ -2,11 +2,18 @@
 
     python prepare_shakespeare.py                        # the copy shipped in data/shakespeare_char/input.txt
     python prepare_shakespeare.py --input=my_text.txt --data_dir=data/my_text
+    python prepare_shakespeare.py --input=data/shakespeare_char/input.txt --keep_speakers=ROMEO,JULIET \
+        --data_dir=data/romeo_juliet          # only the lovers' speeches (drop_speakers: all the others')
 
 Writes train.bin, val.bin (the first 90% and the last 10% of the text, as uint16 character ids, or uint32 past 65,536
 distinct characters) and meta.json (the vocabulary, and each split's size and checksums) into data_dir; data.py
 describes the files. The text is read in chunks, so a text of several GB needs little memory. If the Shakespeare text is
 missing it is downloaded from the char-rnn repository and its sha256 checked.
+
+keep_speakers and drop_speakers cut a play-formatted text (speeches apart by a blank line, each opening with its
+speaker's name and a colon on a line of its own, as in Tiny Shakespeare) into the speeches of some speakers, or of
+all the others: two disjoint texts from one file, e.g. to pretrain on one and fine-tune on the other (see
+config/finetune_romeo_juliet.py). The speeches keep their order, so val.bin is the last of them.
 """
 
 import hashlib
@@ -17,7 +24,7 @@ from pathlib import Path
 import requests
 from tqdm import tqdm
 
-from configurator import UsageError, build_config, parse_args, refuse_positional, run_command
+from configurator import UsageError, build_config, parse_args, refuse_positional, run_command, suggest
 from data import write_dataset
 from files import ensure_dir, write_atomic
 
@@ -31,6 +38,8 @@ class PrepareConfig:
     data_dir: str = "data/shakespeare_char"  # where train.bin, val.bin and meta.json go
     val_fraction: float = 0.1  # share of the text, at its end, kept for validation
     url: str = SHAKESPEARE_URL  # where to download Tiny Shakespeare if data_dir/input.txt is missing
+    keep_speakers: str = ""  # comma-separated speakers (e.g. ROMEO,JULIET): keep only their speeches
+    drop_speakers: str = ""  # comma-separated speakers: keep every speech but theirs
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -85,7 +94,7 @@ def download(url: str, dest: Path, expected_sha256: str, timeout: float = 30.0, 
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Read and write
+# Read, select and write
 
 def check_text(path: Path) -> int:
     """The size in bytes of the text file at path, refused with one line if it is missing or empty."""
@@ -96,6 +105,41 @@ def check_text(path: Path) -> int:
     if not size:
         raise UsageError(f"input file '{path}' is empty: give a text with some characters in it")
     return size
+
+
+def read_text(path: Path) -> str:
+    """The whole text at path, for keep_speakers and drop_speakers, which cut it into speeches."""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise UsageError(f"input file '{path}' is not UTF-8 text (byte {e.start} is invalid): "
+                         "convert it, e.g. with iconv -t utf-8") from None
+
+
+def speaker_of(speech: str) -> str | None:
+    """The name heading a speech ('ROMEO' for 'ROMEO:\n...'), or None for a block that has no heading."""
+    first = speech.strip("\n").split("\n", 1)[0]
+    return first[:-1] if first.endswith(":") else None
+
+
+def select_speeches(text: str, keep: str, drop: str) -> str:
+    """The speeches of the speakers in keep (comma-separated), or of every speaker but those in drop, in their order;
+    the text unchanged when both are empty."""
+    if not keep and not drop:
+        return text
+    if keep and drop:
+        raise UsageError("give keep_speakers or drop_speakers, not both: the one names the speeches kept, the other "
+                         "those left out")
+    key, names = ("keep_speakers", keep) if keep else ("drop_speakers", drop)
+    wanted = {name.strip() for name in names.split(",") if name.strip()}
+    speeches = [speech for speech in text.split("\n\n") if speech.strip("\n")]
+    speakers = {speaker_of(speech) for speech in speeches} - {None}
+    problems = [f"'{key}': {name!r} never speaks in this text{suggest(name, speakers)}; names are as the text writes "
+                "them before the colon" for name in sorted(wanted - speakers)]
+    if problems:
+        raise UsageError(problems)
+    kept = [speech.strip("\n") for speech in speeches if (speaker_of(speech) in wanted) == bool(keep)]
+    return "\n\n".join(kept) + "\n"
 
 
 def main(argv=None):
@@ -117,16 +161,25 @@ def prepare(argv=None) -> dict:
         except DownloadError as e:
             raise UsageError(f"{e}. Place the file by hand: save Tiny Shakespeare as {source} "
                              f"(sha256 {SHAKESPEARE_SHA256}) and run this again") from None
-    size = check_text(source)
+    size, origin = check_text(source), str(source)
+    if cfg.keep_speakers or cfg.drop_speakers:
+        # A selection of speeches is cut from the whole text (a play, not gigabytes), and written beside the data as
+        # the text it encodes.
+        text = select_speeches(read_text(source), cfg.keep_speakers, cfg.drop_speakers)
+        origin += f" (keep_speakers {cfg.keep_speakers})" if cfg.keep_speakers else \
+            f" (drop_speakers {cfg.drop_speakers})"
+        source = data_dir / "selected.txt"
+        write_atomic(source, text)
+        size = source.stat().st_size
     # two passes over the text, a chunk at a time: its vocabulary, then its ids
     with tqdm(total=2 * size, unit="B", unit_scale=True, desc=f"encoding {source.name}",
               disable=size < 64 << 20) as bar:
         try:
-            meta = write_dataset(source, data_dir, cfg.val_fraction, source=str(source), on_read=bar.update)
+            meta = write_dataset(source, data_dir, cfg.val_fraction, source=origin, on_read=bar.update)
         except UnicodeDecodeError as e:
             raise UsageError(f"input file '{source}' is not UTF-8 text (byte {e.start} is invalid): "
                              "convert it, e.g. with iconv -t utf-8") from None
-    print(f"{source}: {meta['train_tokens'] + meta['val_tokens']:,} characters, vocabulary of {meta['vocab_size']}")
+    print(f"{origin}: {meta['train_tokens'] + meta['val_tokens']:,} characters, vocabulary of {meta['vocab_size']}")
     print(f"wrote {meta['train_tokens']:,} train and {meta['val_tokens']:,} val tokens to {data_dir}/")
     return meta
 

@@ -66,6 +66,11 @@ def start(out_dir: Path, config: dict, info: dict, resumed_at: int | None, overw
     print(f"{info['params'] / 1e6:.2f}M parameters | {info['device']} ({info['device_name']}) | {config['dtype']}"
           f"{' | compiled' if config['compile'] else ''}{f' | {processes} processes' if processes > 1 else ''} | "
           f"{tokens_per_iter:,} tokens per iteration | out_dir {out_dir}")
+    source = info.get("started_from")
+    if source is not None and resumed_at is None:
+        added = source["added_characters"]
+        print(f"starting from {source['path']} (iter {source['iter_num']}, val loss {source['best_val_loss']:.4f}); "
+              f"{'characters added: ' + ' '.join(repr(c) for c in added) if added else 'no characters added'}")
 
 
 def keep_aside(out_dir: Path) -> Path | None:
@@ -95,8 +100,9 @@ def keep_aside(out_dir: Path) -> Path | None:
     return kept
 
 
-def run_info(argv, device: str, world_size: int, params: int, resumed_at: int | None) -> dict:
-    """run.json's content."""
+def run_info(argv, device: str, world_size: int, params: int, resumed_at: int | None,
+             started_from: dict | None = None) -> dict:
+    """run.json's content. started_from: the run a fine-tuning run started from (finetune.model_vocab's note)."""
     return {
         "argv": sys.argv if argv is None else ["train.py", *argv],
         "git_commit": git_commit(),
@@ -108,6 +114,7 @@ def run_info(argv, device: str, world_size: int, params: int, resumed_at: int | 
         "params": params,
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "resumed_from_iter": resumed_at,
+        "started_from": started_from,  # its checkpoint, iteration and best val loss, and the characters added
     }
 
 
@@ -164,6 +171,7 @@ def finish(out_dir: Path, status: str, classification: dict, params: int, max_it
     return it."""
     metrics = read_metrics(out_dir)
     best = min(metrics, key=lambda m: m["val_loss"])
+    started_from = read_run_info(out_dir).get("started_from")
     final = metrics[-1]
     rise = final["val_loss"] - best["val_loss"]
     summary = {
@@ -186,6 +194,7 @@ def finish(out_dir: Path, status: str, classification: dict, params: int, max_it
         "elapsed_s": round(elapsed_s, 3),
         "tokens_seen": final["tokens_seen"],
         "tokens_per_s": round(tokens_per_s, 1),
+        "started_from": started_from,  # as run.json has it: None for a run from scratch
     }
     write_json(out_dir / "summary.json", summary)
     print(f"best val loss {summary['best_val_loss']:.4f} at iter {summary['best_iter']} | {summary['iter_num']} iters "

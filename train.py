@@ -29,10 +29,11 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 import devices
+import finetune
 import runlog
 from checkpoint import RunState, Sources, resume, save
 from configurator import UsageError, build_config, parse_args, run_command
-from data import load_data
+from data import load_data, remap_ids
 from evaluate import classification_metrics, eval_batch_size, eval_token_count, evaluate_split
 from files import ensure_dir, lock_folder
 from model import GPT, GPTConfig
@@ -48,9 +49,11 @@ class TrainConfig:
     # I/O
     out_dir: str = "out/run"  # where this run's logs and checkpoints go
     data_dir: str = "data/shakespeare_char"  # holds train.bin, val.bin and meta.json from prepare_shakespeare.py
-    init_from: Literal["scratch", "resume"] = "scratch"  # scratch: a new run; resume: go on from out_dir/ckpt.pt
+    init_from: str = "scratch"  # scratch: a new run; resume: go on from out_dir/ckpt.pt; a run folder: fine-tune it
     overwrite: bool = False  # a new run deletes the last run's files in out_dir (else moves them to out_dir-<time>)
     always_save_checkpoint: bool = True  # write ckpt.pt at every evaluation (false: only when val loss improves)
+    freeze_layers: int = 0  # from a run folder: keep the embeddings and the first N blocks fixed; 0 = train all
+    eval_only: bool = False  # evaluate the model once (as at the run's start) and stop, writing nothing
     # evaluation and logging
     eval_interval: int = 250  # optimizer steps between evaluations (there is always one at the last step)
     eval_at_start: bool = True  # evaluate the untrained model at iter 0 (false: one evaluation less to wait for)
@@ -116,11 +119,14 @@ def validate(cfg: TrainConfig) -> None:
                 "eval_tokens"):
         if getattr(cfg, key) < 0:
             problems.append(f"'{key}' must be >= 0, got {getattr(cfg, key)}")
-    if cfg.n_head > 0 and cfg.n_embd % cfg.n_head != 0:
+    # A run from a trained model takes its shape from the checkpoint: a mix of given and default shape keys is no
+    # model, and finetune.start_from reports a given key that differs from the checkpoint's.
+    from_checkpoint = cfg.init_from not in ("scratch", "resume")
+    if cfg.n_head > 0 and cfg.n_embd % cfg.n_head != 0 and not from_checkpoint:
         problems.append(f"'n_embd' ({cfg.n_embd}) must be divisible by 'n_head' ({cfg.n_head}): "
                         f"each head gets n_embd / n_head dimensions")
     if cfg.position_encoding == "rope" and cfg.n_head > 0 and cfg.n_embd % cfg.n_head == 0 \
-            and (cfg.n_embd // cfg.n_head) % 2:
+            and (cfg.n_embd // cfg.n_head) % 2 and not from_checkpoint:
         problems.append(f"position_encoding 'rope' turns pairs of dimensions, so each head needs an even size: "
                         f"n_embd / n_head is {cfg.n_embd // cfg.n_head}")
     if not 0 <= cfg.label_smoothing < 1:
@@ -146,6 +152,11 @@ def validate(cfg: TrainConfig) -> None:
     device = cfg.device
     if not (device in ("auto", "cpu", "cuda", "mps") or (device.startswith("cuda:") and device[5:].isdigit())):
         problems.append(f"'device' must be auto, cpu, cuda, cuda:N or mps, got '{device}'")
+    if cfg.freeze_layers < 0:
+        problems.append(f"'freeze_layers' must be >= 0, got {cfg.freeze_layers}")
+    elif cfg.freeze_layers and cfg.init_from == "scratch":
+        problems.append("'freeze_layers' keeps trained layers fixed, and a run from scratch has none: give "
+                        "--init_from the out_dir of a trained run, or leave freeze_layers out")
     if cfg.compile is False and cfg.compile_mode != "default":
         problems.append(f"'compile_mode' {cfg.compile_mode} is a torch.compile mode, but compile is false: "
                         f"set --compile=true or leave compile_mode out")
@@ -154,13 +165,14 @@ def validate(cfg: TrainConfig) -> None:
         raise UsageError(problems)
 
 
-def load_config(argv=None) -> TrainConfig:
-    """The run's settings from the command line: at most one config file, then --key=value options. lr_decay_iters
-    = -1 is resolved here to max_iters, so a config that changes max_iters stretches the schedule with it."""
+def load_config(argv=None, given: set | None = None) -> TrainConfig:
+    """The run's settings from the command line: at most one config file, then --key=value options (given, if passed,
+    receives the keys they set). lr_decay_iters = -1 is resolved here to max_iters, so a config that changes max_iters
+    stretches the schedule with it."""
     positional, options = parse_args(argv)
     if len(positional) > 1:
         raise UsageError(f"expected at most one config file, got {', '.join(positional)}")
-    cfg = build_config(TrainConfig, positional[0] if positional else None, options)
+    cfg = build_config(TrainConfig, positional[0] if positional else None, options, given=given)
     validate(cfg)
     return replace(cfg, lr_decay_iters=cfg.max_iters) if cfg.lr_decay_iters == -1 else cfg
 
@@ -200,11 +212,14 @@ def get_lr(it: int, cfg: TrainConfig) -> float:
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (lr - min_lr)
 
 
-def build(cfg: TrainConfig, vocab_size: int, device: str, fused: bool = True):
+def build(cfg: TrainConfig, vocab_size: int, device: str, fused: bool = True, weights: dict | None = None):
     """The model a run of cfg trains, on device, and its optimizer (fused AdamW, where PyTorch has it for the device:
-    one kernel for all parameters)."""
+    one kernel for all parameters). weights: a trained model's, to start from (its vocabulary may be smaller)."""
     shape = {f.name: getattr(cfg, f.name) for f in fields(GPTConfig) if f.name != "vocab_size"}  # same names
     model = GPT(GPTConfig(vocab_size=vocab_size, **shape)).to(device)
+    if weights is not None:
+        finetune.load_pretrained(model, weights)
+    finetune.freeze(model, cfg.freeze_layers)  # before the optimizer, which then leaves the frozen weights out
     optimizer = make_optimizer(model, cfg.learning_rate, cfg.weight_decay, (cfg.beta1, cfg.beta2),
                                fused=fused and devices.fused_adamw_available(device), kind=cfg.optimizer,
                                momentum=cfg.momentum, nesterov=cfg.nesterov, muon_learning_rate=cfg.muon_learning_rate)
@@ -263,6 +278,15 @@ def evaluate(model, cfg: TrainConfig, train_data, val_data, autocast) -> dict:
             "train_loss": train["loss"], "val_loss_tokens": val["tokens"], "train_loss_tokens": train["tokens"]}
 
 
+def evaluate_once(model, cfg: TrainConfig, train_data, val_data, autocast) -> dict:
+    """eval_only (nanoGPT's key): the evaluation a run makes at its start, printed; nothing is written. With
+    init_from a run folder, it measures a trained model on any data: how much a fine-tuned model forgot."""
+    evaluation = evaluate(model, cfg, train_data, val_data, autocast)
+    print(f"{cfg.data_dir}: val loss {evaluation['val_loss']:.4f}, train loss {evaluation['train_loss']:.4f}, "
+          f"val accuracy {evaluation['val_acc']:.1%} (eval_only: nothing written)")
+    return {key: evaluation[key] for key in ("val_loss", "train_loss", "val_acc", "val_top5")}
+
+
 def check_finite(what: str, value: float, iter_num: int, lr: float, out_dir, best_iter) -> None:
     """Stop a diverged run with one line, before it could save over a checkpoint."""
     if not math.isfinite(value):
@@ -282,16 +306,24 @@ def main(argv=None):
 def train(argv=None) -> dict | None:
     """One run, alone or in each process torchrun started: the setup, then the loop. Returns summary.json's content
     (None on ranks other than 0)."""
-    cfg = load_config(argv)
-    # One run at a time in an out_dir: rank 0 holds its lock until the run ends, however it ends.
+    given = set()
+    cfg = load_config(argv, given)
+    # From a run folder, or resuming a run that started from one, the model's shape comes from its checkpoint.
+    cfg, start = finetune.start_from(cfg, given)
+    # One run at a time in an out_dir: rank 0 holds its lock until the run ends, however it ends (eval_only writes
+    # nothing there).
     with devices.processes(cfg.device, cfg.gradient_accumulation_steps) as ranks, \
-            lock_folder(cfg.out_dir) if ranks.master else nullcontext():
-        device, out_dir = ranks.device, ensure_dir(cfg.out_dir)
+            lock_folder(cfg.out_dir) if ranks.master and not cfg.eval_only else nullcontext():
+        device, out_dir = ranks.device, Path(cfg.out_dir) if cfg.eval_only else ensure_dir(cfg.out_dir)
         dtype, compiled = devices.resolve_dtype(cfg.dtype, device), devices.resolve_compile(cfg.compile, device)
         vocab, train_data, val_data, data_info = load_data(cfg.data_dir, device, cfg.block_size)
+        # A trained model keeps its vocabulary, grown by the characters of the data it never saw; the data's ids are
+        # mapped onto it (unchanged for a run from scratch).
+        model_vocab, started_from = finetune.model_vocab(start, vocab, cfg.freeze_layers)
+        train_data, val_data = remap_ids(train_data, vocab, model_vocab), remap_ids(val_data, vocab, model_vocab)
         # The model, its optimizer and the precision it trains in; the seeds, and the batch sampler's generator.
         batch_gen = devices.seed_everything(cfg.seed, str(train_data.device))  # on the device the data is kept on
-        raw_model, optimizer = build(cfg, len(vocab), device)
+        raw_model, optimizer = build(cfg, len(model_vocab), device, weights=start.weights if start else None)
         autocast, scaler = devices.mixed_precision(device, dtype)
         state, ema_weights = RunState(), None
         if cfg.init_from == "resume":  # refused for a checkpoint of another shape, vocabulary, data or optimizer
@@ -307,15 +339,19 @@ def train(argv=None) -> dict | None:
         eval_model = model if ema_model is None else \
             torch.compile(ema_model, mode=cfg.compile_mode) if compiled else ema_model
         model = ranks.wrap(model)  # DDP under torchrun; evaluation goes around it, as DDP's forward syncs processes
+        if cfg.eval_only:
+            return evaluate_once(eval_model, cfg, train_data, val_data, autocast) \
+                if ranks.master else None
 
         # What the run records: its resolved config, and what its checkpoints describe themselves with.
         config = asdict(cfg) | {"device": device, "dtype": dtype, "compile": compiled}
-        about = {"model_config": asdict(raw_model.config), "train_config": config, "vocab": vocab, "data": data_info}
+        about = {"model_config": asdict(raw_model.config), "train_config": config, "vocab": model_vocab,
+                 "data": data_info, "started_from": started_from}
         sources = Sources(about, raw_model if ema_model is None else ema_model, raw_model, optimizer, scaler,
                           batch_gen)
         resumed_at = state.iter_num if cfg.init_from == "resume" else None
         if ranks.master:
-            info = runlog.run_info(argv, device, ranks.world_size, raw_model.num_params(), resumed_at)
+            info = runlog.run_info(argv, device, ranks.world_size, raw_model.num_params(), resumed_at, started_from)
             runlog.start(out_dir, config, info, resumed_at, cfg.overwrite)
             counts = [eval_token_count(len(split) - 1, cfg.block_size, cap)
                       for split, cap in zip((val_data, train_data), eval_sizes(cfg))]

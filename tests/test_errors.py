@@ -336,6 +336,54 @@ def _(ctx):
 
 
 # ----------------------------------------------------------------------------------------------------------------------
+# train.py: starting from a trained run
+
+@scenario("Starting from a folder that is not a run")
+def _(ctx):
+    ctx.train(init_from=ctx.tmp / "no_such_run")
+
+
+@scenario("Starting from a run without a checkpoint")
+def _(ctx):
+    (ctx.tmp / "empty_run").mkdir()
+    ctx.train(init_from=ctx.tmp / "empty_run")
+
+
+@scenario("Starting a run in the folder of the run it starts from")
+def _(ctx):
+    run = ctx.run_copy()
+    ctx.train(out_dir=run, init_from=run)
+
+
+@scenario("Starting from a run with a key that changes the model's shape")
+def _(ctx):
+    ctx.train(init_from=ctx.run, n_embd=64)
+
+
+@scenario("Freezing layers of a run from scratch")
+def _(ctx):
+    ctx.train(freeze_layers=1)
+
+
+@scenario("Freezing more layers than the model has")
+def _(ctx):
+    ctx.train(init_from=ctx.run, freeze_layers=3)
+
+
+@scenario("Freezing the embedding of new characters")
+def _(ctx):
+    text = ctx.tmp / "new.txt"
+    text.write_text((ctx.data / "tiny.txt").read_text(encoding="utf-8") + "✓\n", encoding="utf-8")
+    prepare_shakespeare.main([f"--input={text}", f"--data_dir={ctx.tmp / 'new'}"])
+    ctx.train(data_dir=ctx.tmp / "new", init_from=ctx.run, freeze_layers=1)
+
+
+@scenario("Resume with other frozen layers")
+def _(ctx):
+    ctx.resume(freeze_layers=1)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
 # sample.py
 
 @scenario("Sampling from a run folder that does not exist")
@@ -403,6 +451,18 @@ def _(ctx):
 @scenario("Input text not found")
 def _(ctx):
     prepare_shakespeare.main([f"--input={ctx.tmp / 'missing.txt'}", f"--data_dir={ctx.tmp / 'data'}"])
+
+
+@scenario("A speaker who never speaks in the text")
+def _(ctx):
+    prepare_shakespeare.main([f"--input={ctx.data / 'tiny.txt'}", f"--data_dir={ctx.tmp / 'data'}",
+                              "--keep_speakers=ROMIO"])
+
+
+@scenario("Keeping and dropping speakers at once")
+def _(ctx):
+    prepare_shakespeare.main([f"--input={ctx.data / 'tiny.txt'}", f"--data_dir={ctx.tmp / 'data'}",
+                              "--keep_speakers=MENENIUS", "--drop_speakers=All"])
 
 
 @scenario("No network for the download")

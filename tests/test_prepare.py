@@ -102,3 +102,23 @@ def test_network_failure_retries_then_explains(tmp_path, capsys, monkeypatch):
     assert "could not download" in capsys.readouterr().err
     assert sleeps == [1.0, 2.0]  # three tries with exponential backoff between them
     assert list(tmp_path.iterdir()) == []
+
+
+def test_keep_and_drop_speakers_cut_the_text_into_two_disjoint_parts(tmp_path):
+    text = "ROMEO:\nO, she doth teach\nthe torches.\n\nNurse:\nAnon!\n\nJULIET:\nGood night.\n\nROMEO:\nSoft!\n"
+    (tmp_path / "play.txt").write_text(text, encoding="utf-8")
+    kept = prep.select_speeches(text, "ROMEO, JULIET", "")
+    dropped = prep.select_speeches(text, "", "ROMEO,JULIET")
+    assert kept == "ROMEO:\nO, she doth teach\nthe torches.\n\nJULIET:\nGood night.\n\nROMEO:\nSoft!\n"
+    assert dropped == "Nurse:\nAnon!\n"
+    meta = prep.main([f"--input={tmp_path / 'play.txt'}", f"--data_dir={tmp_path / 'kept'}", "--keep_speakers=ROMEO",
+                      "--val_fraction=0.2"])
+    assert meta["source"].endswith("play.txt (keep_speakers ROMEO)")
+    train_ids = np.fromfile(tmp_path / "kept" / "train.bin", dtype=np.uint16)
+    assert decode(train_ids.tolist(), meta["vocab"]).startswith("ROMEO:\nO, she doth teach")
+    with pytest.raises(prep.UsageError) as exc:
+        prep.select_speeches(text, "ROMIO,Tybalt", "")
+    assert exc.value.problems == [
+        "'keep_speakers': 'ROMIO' never speaks in this text (did you mean 'ROMEO'?); names are as the text writes "
+        "them before the colon",
+        "'keep_speakers': 'Tybalt' never speaks in this text; names are as the text writes them before the colon"]
