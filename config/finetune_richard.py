@@ -19,14 +19,14 @@ out_dir = "out/finetune_richard"
 data_dir = "data/richard"
 
 max_iters = 300
-eval_interval = 25  # the val split is 6,046 characters: evaluating often is cheap, and shows the overfitting
+eval_interval = 25  # the val split is 6,046 characters: evaluating often is cheap, and shows any overfitting
 eval_iters = 20
 log_interval = 25
 batch_size = 16
-dropout = 0.1
+dropout = 0.0  # as in pretraining; 0.1 gave 1.366 against 1.330, and 300 steps at this rate do not overfit
 
-optimizer = "adamw"
-learning_rate = 1e-3
-min_lr = 1e-4
+optimizer = "adamw"  # the pretraining used Muon; a fresh optimizer either way
+learning_rate = 1e-4  # 80 times below the pretraining's AdamW rate: the best of 1e-4 to 1e-2, and the least forgetting
+min_lr = 1e-5
 warmup_iters = 20
 weight_decay = 0.1
