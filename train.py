@@ -4,6 +4,7 @@
     python train.py config/baseline.py                 # nanoGPT's Shakespeare-char recipe, for a GPU
     python train.py config/cpu.py --max_iters=500 --n_layer=2
     python train.py config/cpu.py --init_from=resume   # continue from out_dir/ckpt.pt
+    python train.py config/finetune_richard.py         # a new run from a trained one's weights (docs/finetuning.md)
     torchrun --standalone --nproc_per_node=8 train.py config/baseline.py --gradient_accumulation_steps=8
 
 Settings: the TrainConfig defaults below, then the config file's assignments, then --key=value overrides.
