@@ -35,6 +35,14 @@ def eval_token_count(n_targets: int, block_size: int, max_tokens: int) -> int:
     return n_targets if starts is None else len(starts) * block_size
 
 
+def describe_reads(val_data, train_data, block_size: int, val_tokens: int, train_tokens: int) -> str:
+    """The line a run prints at its start: how many tokens of each split an evaluation reads."""
+    counts = [eval_token_count(len(split) - 1, block_size, cap)
+              for split, cap in ((val_data, val_tokens), (train_data, train_tokens))]
+    return (f"each evaluation reads {counts[0]:,} of {len(val_data) - 1:,} val tokens and {counts[1]:,} of "
+            f"{len(train_data) - 1:,} train tokens")
+
+
 def split_windows(data: torch.Tensor, block_size: int, batch_size: int, max_tokens: int = 0) -> list:
     """The (x, y) batches of (window_starts') windows an evaluation reads, ids as stored. The whole split: in
     non-overlapping windows, the last, shorter one covering the remainder, so every target counts once."""

@@ -35,7 +35,7 @@ import runlog
 from checkpoint import RunState, Sources, resume, save
 from configurator import UsageError, build_config, parse_args, run_command
 from data import load_data, remap_ids
-from evaluate import classification_metrics, eval_batch_size, eval_token_count, evaluate_split
+from evaluate import classification_metrics, describe_reads, eval_batch_size, evaluate_split
 from files import ensure_dir, lock_folder
 from model import GPT, GPTConfig
 from optim import ema_copy, l1_norm, make_optimizer, set_lr, update_ema, weight_matrices
@@ -354,10 +354,7 @@ def train(argv=None) -> dict | None:
         if ranks.master:
             info = runlog.run_info(argv, device, ranks.world_size, raw_model.num_params(), resumed_at, started_from)
             runlog.start(out_dir, config, info, resumed_at, cfg.overwrite)
-            counts = [eval_token_count(len(split) - 1, cfg.block_size, cap)
-                      for split, cap in zip((val_data, train_data), eval_sizes(cfg))]
-            print(f"each evaluation reads {counts[0]:,} of {len(val_data) - 1:,} val tokens and {counts[1]:,} of "
-                  f"{len(train_data) - 1:,} train tokens")
+            print(describe_reads(val_data, train_data, cfg.block_size, *eval_sizes(cfg)))
         with trackers(config, out_dir, on=ranks.master) as track:  # wandb, tensorboard: those switched on
             return train_loop(cfg, argv, ranks, state, model, eval_model, ema_model, optimizer, scaler, autocast,
                               train_data, val_data, batch_gen, sources, track)

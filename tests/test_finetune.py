@@ -17,8 +17,7 @@ from checkpoint import MODEL_SHAPE_KEYS, load_checkpoint, load_model
 from conftest import SHAKESPEARE, tiny_train_args
 from data import decode, encode, load_meta, remap_ids
 from evaluate import eval_batch_size, evaluate_split
-from model import GPT, GPTConfig
-from test_nanogpt_compat import write_nanogpt_run
+from test_nanogpt_compat import nanogpt_model_for, write_nanogpt_run
 
 NEW_CHARACTERS = "Zoë ✓ ∑"
 
@@ -131,10 +130,7 @@ def test_a_key_that_would_change_the_shape_is_refused_and_the_rest_are_the_new_r
 
 def test_a_nanogpt_run_works_as_a_source(tmp_path, tiny_data):
     vocab = load_meta(tiny_data)["vocab"]
-    torch.manual_seed(0)
-    args = dict(n_layer=1, n_head=2, n_embd=32, block_size=16, bias=True, vocab_size=len(vocab), dropout=0.0)
-    model = GPT(GPTConfig(**args))
-    meta = {"vocab_size": len(vocab), "itos": dict(enumerate(vocab)), "stoi": {c: i for i, c in enumerate(vocab)}}
+    model, args, meta = nanogpt_model_for(tiny_data)
     write_nanogpt_run(tmp_path / "nanogpt", model, args, meta)  # nanoGPT writes ckpt.pt only, with meta.pkl beside
     out = tmp_path / "ft"
     summary = train.main(finetune_args(tiny_data, out, tmp_path / "nanogpt", max_iters=10))

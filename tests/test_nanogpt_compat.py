@@ -76,15 +76,19 @@ def nanogpt_optimizer_state(model, step: int, reverse_decay_params: bool = False
     return state
 
 
+def nanogpt_model_for(data_dir):
+    """(model, nanoGPT model_args, meta.pkl content): a small nanoGPT model of data_dir's vocabulary."""
+    vocab = load_meta(data_dir)["vocab"]
+    torch.manual_seed(0)
+    args = dict(n_layer=1, n_head=2, n_embd=32, block_size=16, bias=True, vocab_size=len(vocab), dropout=0.0)
+    meta = {"vocab_size": len(vocab), "itos": dict(enumerate(vocab)), "stoi": {c: i for i, c in enumerate(vocab)}}
+    return GPT(GPTConfig(**args)), args, meta
+
+
 @pytest.fixture
 def nanogpt_run_on_tiny_data(tmp_path, tiny_data):
     """A nanoGPT run at iter 250 trained on tiny_data's vocabulary, with its optimizer state."""
-    vocab = load_meta(tiny_data)["vocab"]
-    torch.manual_seed(0)
-    args = dict(n_layer=1, n_head=2, n_embd=32, block_size=16, bias=True, vocab_size=len(vocab), dropout=0.0)
-    model = GPT(GPTConfig(**args))
-    meta = {"vocab_size": len(vocab), "itos": dict(enumerate(vocab)), "stoi": {c: i for i, c in enumerate(vocab)}}
-    return tmp_path / "nanogpt", model, args, meta
+    return (tmp_path / "nanogpt", *nanogpt_model_for(tiny_data))
 
 
 def test_resuming_a_nanogpt_checkpoint_continues_its_optimizer(nanogpt_run_on_tiny_data, tiny_data, capsys):
