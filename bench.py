@@ -268,9 +268,9 @@ def bench_target(configs, options: BenchOptions, train_args: list[str]) -> tuple
             for index, (path, _) in enumerate(configs):
                 run = time_to_target(path, train_args, options.target_loss, scratch / f"{index}-{repeat}")
                 runs[path].append(run)
-                print(f"  {path} run {repeat + 1}/{options.repeats}: target "
-                      f"{fmt(run['target_s'], '.1f', 'not reached')} s, whole run {run['process_s']:.1f} s, "
-                      f"best val loss {run['best_val_loss']:.4f}")
+                target = "not reached" if run["target_s"] is None else f"{run['target_s']:.1f} s"
+                print(f"  {path} run {repeat + 1}/{options.repeats}: target {target}, "
+                      f"whole run {run['process_s']:.1f} s, best val loss {run['best_val_loss']:.4f}")
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     medians = {}

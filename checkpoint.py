@@ -194,7 +194,7 @@ def check_resumable(ckpt: dict, path: Path, settings: dict, vocab: list[str], da
         raise UsageError(problems)
 
 
-def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None:
+def load_optimizer_state(optimizer, state: dict) -> None:
     """Load a saved optimizer state, refusing one whose per-parameter tensors do not fit the model.
 
     Every group's settings (betas, weight decay, momentum, fused, ...) stay this run's: a saved state would bring its

@@ -15,6 +15,7 @@ one hidden vector to another; embeddings (one row per character, looked up, not 
 the norm gains keep AdamW, which Muon's author recommends too.
 """
 
+import collections
 import copy
 import functools
 import math
@@ -31,20 +32,24 @@ NEWTON_SCHULZ_COEFFS = (3.4445, -4.7750, 2.0315)
 
 def orthogonalize(g: torch.Tensor, steps: int = 5, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Approximately U V^T for g = U S V^T (its singular value decomposition): g with its singular values set to ~1.
-    The iteration runs in dtype (newton_schulz_dtype's choice for the device, in training)."""
-    assert g.dim() == 2, f"orthogonalize takes a matrix, got a tensor of shape {tuple(g.shape)}"
+    g is one matrix, or a stack of matrices of one shape (..., rows, cols), each orthogonalised on its own: Muon
+    stacks the matrices of each shape, one batched product then does the work of several small ones. The iteration
+    runs in dtype (newton_schulz_dtype's choice for the device, in training)."""
+    assert g.dim() >= 2, f"orthogonalize takes matrices, got a tensor of shape {tuple(g.shape)}"
     a, b, c = NEWTON_SCHULZ_COEFFS
-    x = g.to(dtype)
-    wide = x.size(0) <= x.size(1)
+    x = g.to(dtype).reshape(-1, *g.shape[-2:])  # (matrices, rows, cols)
+    wide = x.size(1) <= x.size(2)
     if not wide:
         x = x.mT  # work on the (short, long) orientation, whose Gram matrix X X^T is the small one
-    x = x / (x.norm() + 1e-7)  # the Frobenius norm bounds the largest singular value: all are now <= 1
+    # The Frobenius norm bounds the largest singular value: all are now <= 1.
+    x = x / (x.norm(dim=(1, 2), keepdim=True) + 1e-7)
     for _ in range(steps):
-        gram = x @ x.mT  # (short, short)
-        x = a * x + (b * gram + c * gram @ gram) @ x
+        gram = x @ x.mT  # (matrices, short, short)
+        poly = torch.baddbmm(gram, gram, gram, beta=b, alpha=c)  # b X X^T + c (X X^T)^2, in one call
+        x = torch.baddbmm(x, poly, x, beta=a)  # a X + poly X
     if not wide:
         x = x.mT
-    return x.to(g.dtype)
+    return x.reshape(g.shape).to(g.dtype)
 
 
 @functools.cache
@@ -55,22 +60,56 @@ def newton_schulz_dtype(device_type: str) -> torch.dtype:
         else torch.float32
 
 
-class Muon(torch.optim.Optimizer):
+class Muon:
     """Muon for the parameter groups with use_muon=True (2-D weight matrices), AdamW for the other groups.
 
     One optimizer for both, so that a training loop, a checkpoint and a learning-rate schedule see one object with
-    one state_dict. Each group's lr is its own: the schedule sets it every step."""
+    one state_dict. Each group's lr is its own: the schedule sets it every step.
+
+    It is not a torch.optim.Optimizer, whose first use imports torch.compile's machinery, a large share of a short
+    CPU run's start-up (EXPERIMENTS.md, Search 4), but has what the training loop, the grad scaler and checkpoints
+    use of one: param_groups, state, step, zero_grad, and state_dict / load_state_dict in the same format."""
 
     def __init__(self, params, lr: float, momentum: float = 0.95, nesterov: bool = True, betas=(0.9, 0.99),
                  eps: float = 1e-8, weight_decay: float = 0.0):
-        defaults = dict(lr=lr, momentum=momentum, nesterov=nesterov, betas=betas, eps=eps,
-                        weight_decay=weight_decay, use_muon=False)
-        super().__init__(params, defaults)
+        self.defaults = dict(lr=lr, momentum=momentum, nesterov=nesterov, betas=betas, eps=eps,
+                             weight_decay=weight_decay, use_muon=False)
+        self.param_groups = [{**self.defaults, **group, "params": list(group["params"])} for group in params]
+        self.state = collections.defaultdict(dict)  # parameter -> its moments
         for group in self.param_groups:
             if group["use_muon"]:
                 shapes = [tuple(p.shape) for p in group["params"] if p.dim() != 2]
                 if shapes:
                     raise ValueError(f"Muon orthogonalises matrices only; this group holds shapes {shapes}")
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for group in self.param_groups:
+            for p in group["params"]:
+                if set_to_none:
+                    p.grad = None
+                elif p.grad is not None:
+                    p.grad.zero_()
+
+    def state_dict(self) -> dict:
+        """torch.optim's format: parameters numbered in group order, the state keyed by those numbers."""
+        number = {}
+        groups = [{**{k: v for k, v in group.items() if k != "params"},
+                   "params": [number.setdefault(id(p), len(number)) for p in group["params"]]}
+                  for group in self.param_groups]
+        return {"state": {number[id(p)]: moments for p, moments in self.state.items()}, "param_groups": groups}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        saved = state_dict["param_groups"]
+        if [len(g["params"]) for g in saved] != [len(g["params"]) for g in self.param_groups]:
+            raise ValueError("the saved optimizer state has other parameter groups than this optimizer")
+        param = {n: p for old, group in zip(saved, self.param_groups) for n, p in zip(old["params"], group["params"])}
+        self.state = collections.defaultdict(dict)
+        for n, moments in state_dict["state"].items():
+            p = param[n]
+            self.state[p] = {k: v.to(p.device, p.dtype) if isinstance(v, torch.Tensor) else v
+                             for k, v in moments.items()}
+        for old, group in zip(saved, self.param_groups):
+            group.update({k: v for k, v in old.items() if k != "params"})
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -87,22 +126,31 @@ class Muon(torch.optim.Optimizer):
 
     def _muon_step(self, group: dict) -> None:
         lr, momentum, decay = group["lr"], group["momentum"], group["weight_decay"]
-        for p in group["params"]:
-            if p.grad is None:
-                continue
-            grad = p.grad
-            state = self.state[p]
-            if "momentum_buffer" not in state:
-                state["momentum_buffer"] = torch.zeros_like(p)
-            buf = state["momentum_buffer"]
-            buf.mul_(momentum).add_(grad)
-            direction = grad.add(buf, alpha=momentum) if group["nesterov"] else buf
-            update = orthogonalize(direction, dtype=newton_schulz_dtype(p.device.type))
-            # An orthogonal (rows, cols) matrix has entries of size ~1/sqrt(max(rows, cols)); the factor keeps the
-            # update's size per entry alike for tall matrices (rows > cols), as the published algorithm does.
-            scale = math.sqrt(max(1.0, p.size(0) / p.size(1)))
-            p.mul_(1 - lr * decay)
-            p.add_(update, alpha=-lr * scale)
+        params = [p for p in group["params"] if p.grad is not None]
+        for p in params:
+            if "momentum_buffer" not in self.state[p]:
+                self.state[p]["momentum_buffer"] = torch.zeros_like(p)
+        grads = [p.grad for p in params]
+        bufs = [self.state[p]["momentum_buffer"] for p in params]
+        torch._foreach_mul_(bufs, momentum)
+        torch._foreach_add_(bufs, grads)
+        directions = torch._foreach_add(grads, bufs, alpha=momentum) if group["nesterov"] else bufs
+        # Matrices of one shape (a (cols, rows) matrix counts as its transpose) are orthogonalised as one stack.
+        by_shape = {}
+        for i, d in enumerate(directions):
+            by_shape.setdefault(tuple(sorted(d.shape)), []).append(i)
+        dtype = newton_schulz_dtype(params[0].device.type) if params else torch.float32
+        for indices in by_shape.values():
+            stack = torch.stack([directions[i] if directions[i].size(0) <= directions[i].size(1)
+                                 else directions[i].mT for i in indices])
+            for i, update in zip(indices, orthogonalize(stack, dtype=dtype)):
+                p = params[i]
+                update = update if p.size(0) <= p.size(1) else update.mT
+                # An orthogonal (rows, cols) matrix has entries of size ~1/sqrt(max(rows, cols)); the factor keeps
+                # the update's size per entry alike for tall matrices (rows > cols), as the published algorithm does.
+                scale = math.sqrt(max(1.0, p.size(0) / p.size(1)))
+                p.mul_(1 - lr * decay)
+                p.add_(update, alpha=-lr * scale)
 
     def _adamw_step(self, group: dict) -> None:
         lr, (beta1, beta2), eps, decay = group["lr"], group["betas"], group["eps"], group["weight_decay"]

@@ -35,6 +35,8 @@ STEPS = [
      "python bench.py config/baseline.py --target_loss=1.4697 --repeats=1 --compile_mode=reduce-overhead", 180),
     ("sample", "sampling speed, each cache mode, 500 characters",
      "python bench.py config/baseline.py --sample --repeats=3", 60),
+    ("muon", "AdamW's step (baseline.py) against Muon's (record.py): ms/iter, tokens/s, MFU",
+     "python bench.py config/baseline.py config/record.py", 120),
     ("record", "one seed of config/record.py (nanoGPT's compute: 5,000 x 16,384 tokens)",
      "python train.py config/record.py --seed=1 --out_dir=out/gpu-check/record --overwrite=True", 240),
 ]

@@ -1,6 +1,9 @@
 import contextlib
 import json
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -169,3 +172,60 @@ def test_newton_schulz_in_bfloat16_orthogonalises_like_float32():
     torch.testing.assert_close(fast, exact, atol=0.03, rtol=0)
     assert optim.newton_schulz_dtype("cuda") == torch.bfloat16
     assert optim.newton_schulz_dtype("mps") == torch.float32
+
+
+def test_a_stack_of_matrices_is_orthogonalised_each_on_its_own():
+    """Muon orthogonalises its matrices of one shape as one stack (tall ones transposed): each comes out as it would
+    alone."""
+    gen = torch.Generator().manual_seed(0)
+    stack = torch.randn(3, 16, 48, generator=gen)
+    stack[1] *= 1000  # matrices of very different sizes: each is normalised by its own norm
+    alone = torch.stack([orthogonalize(g) for g in stack])
+    torch.testing.assert_close(orthogonalize(stack), alone, atol=1e-5, rtol=0)
+    tall = stack.mT.contiguous()
+    torch.testing.assert_close(orthogonalize(tall), alone.mT, atol=1e-5, rtol=0)
+
+
+def test_muon_steps_like_one_matrix_at_a_time_and_saves_torch_optims_format():
+    """The matrices of a shape share one stacked iteration, the tall ones transposed into it: every weight moves as
+    if orthogonalised alone. Its state_dict is torch.optim's, so a run saved by an older version loads."""
+    gen = torch.Generator().manual_seed(0)
+    shapes = [(16, 48), (48, 16), (16, 48), (16, 16)]
+    weights = [torch.randn(s, generator=gen).requires_grad_() for s in shapes]
+    gain = torch.ones(16, requires_grad=True)
+    optimizer = Muon([{"params": weights, "use_muon": True}, {"params": [gain]}], lr=0.1, momentum=0.9)
+    before = [w.detach().clone() for w in weights]
+    grads = [torch.randn(s, generator=gen) for s in shapes]
+    for w, g in zip(weights, grads):
+        w.grad = g.clone()
+    gain.grad = torch.randn(16, generator=gen)
+    optimizer.step()
+    for w, w0, g in zip(weights, before, grads):
+        direction = g + 0.9 * g  # Nesterov: the gradient plus momentum times the buffer (the gradient, at step 1)
+        scale = max(1.0, w.size(0) / w.size(1)) ** 0.5
+        expected = w0 - 0.1 * scale * orthogonalize(direction, dtype=optim.newton_schulz_dtype("cpu"))
+        torch.testing.assert_close(w.detach(), expected, atol=1e-5, rtol=0)
+
+    reference = torch.optim.Optimizer(optimizer.param_groups, {})  # torch's own writer of the format
+    reference.state = optimizer.state
+    ours, theirs = optimizer.state_dict(), reference.state_dict()
+    assert ours["param_groups"] == theirs["param_groups"] and ours["state"].keys() == theirs["state"].keys()
+    fresh = Muon([{"params": [w.detach().clone() for w in weights], "use_muon": True},
+                  {"params": [gain.detach().clone()]}], lr=0.1, momentum=0.9)
+    fresh.load_state_dict(theirs)
+    for n, p in enumerate(p for group in fresh.param_groups for p in group["params"]):
+        for key, value in theirs["state"][n].items():
+            assert torch.equal(fresh.state[p][key], value) if isinstance(value, torch.Tensor) \
+                else fresh.state[p][key] == value
+
+
+def test_a_muon_run_starts_without_importing_torch_compile():
+    """torch.optim's optimizers import torch._dynamo when first used: a large share of a short CPU run's start-up,
+    which a run that does not compile has no use for. Muon is not one."""
+    code = ("import sys, torch, optim; from model import GPT, GPTConfig; "
+            "m = GPT(GPTConfig(vocab_size=11, block_size=8, n_layer=1, n_head=2, n_embd=16)); "
+            "o = optim.make_optimizer(m, 1e-3, 0.1, (0.9, 0.99), fused=False, kind='muon'); "
+            "m(torch.zeros(1, 8, dtype=torch.long), torch.zeros(1, 8, dtype=torch.long))[1].backward(); "
+            "o.step(); o.zero_grad(); o.load_state_dict(o.state_dict()); "
+            "assert 'torch._dynamo' not in sys.modules, 'imported'")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parent.parent)
