@@ -51,7 +51,7 @@ class Sources:
     about: dict  # model_config, train_config, vocab and data: what the run is
     model: torch.nn.Module  # the weights evaluated and sampled from: the average with ema, else the trained ones
     train_model: torch.nn.Module  # the weights trained (the uncompiled module: its keys load anywhere)
-    optimizer: torch.optim.Optimizer
+    optimizer: object  # a torch.optim optimizer, or optim.Muon: state_dict() either way
     scaler: torch.amp.GradScaler
     batch_gen: torch.Generator
 

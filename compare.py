@@ -15,6 +15,7 @@ from pathlib import Path
 
 from checkpoint import checkpoint_path, load_model
 from configurator import UsageError, build_config, parse_args, run_command
+from data import encode
 from files import ensure_dir, write_atomic
 from plot import plot_runs, run_names
 from runlog import (best_eval, fmt, format_duration, markdown_table, read_config, read_metrics, read_run_info,
@@ -168,14 +169,17 @@ def compare(argv: list[str]) -> Path:
     differences = [config_differences(config, configs[0]) for config in configs]
     results = [run_results(d, metrics) for d, metrics in zip(run_dirs, all_metrics)]
 
-    samples = []
-    for name, run_dir in zip(names, run_dirs):
-        model, vocab, info = load_model(run_dir, SAMPLE_DEVICE)
+    models = [load_model(run_dir, SAMPLE_DEVICE) for run_dir in run_dirs]
+    for name, (_, vocab, _) in zip(names, models):
         try:
-            text, = generate_texts(model, vocab, prompt, 1, cfg.max_new_tokens, TEMPERATURE, TOP_K, cfg.seed,
-                                   SAMPLE_DEVICE)
+            encode(prompt, vocab)  # the prompt's characters, in every run's vocabulary
         except UsageError as e:
             raise UsageError(f"run {name}: {e}") from None
+
+    samples = []
+    for model, vocab, info in models:
+        text, = generate_texts(model, vocab, prompt, 1, cfg.max_new_tokens, TEMPERATURE, TOP_K, cfg.seed,
+                               SAMPLE_DEVICE)
         samples.append((info["path"], text))
 
     output = ensure_dir(cfg.output, key="output")

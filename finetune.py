@@ -1,7 +1,7 @@
 """Starting a run from a trained one (init_from=PATH): the source checkpoint, the model's shape, the vocabulary, the
 weights and the frozen layers.
 
-    python train.py config/finetune_romeo_juliet.py     # from out/finetune_pretrain's best.pt, on Romeo and Juliet
+    python train.py config/finetune_richard.py     # from out/finetune_richard_pretrain's best.pt, on Richard's speeches
 
 A new run in its own out_dir starts from the source run's best weights (best.pt, else ckpt.pt; our runs or nanoGPT's),
 with a fresh optimizer and schedule, on its own data_dir. The model's shape comes from the checkpoint: a shape key set

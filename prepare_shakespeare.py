@@ -13,7 +13,7 @@ missing it is downloaded from the char-rnn repository and its sha256 checked.
 keep_speakers and drop_speakers cut a play-formatted text (speeches apart by a blank line, each opening with its
 speaker's name and a colon on a line of its own, as in Tiny Shakespeare) into the speeches of some speakers, or of
 all the others: two disjoint texts from one file, e.g. to pretrain on one and fine-tune on the other (see
-config/finetune_romeo_juliet.py). The speeches keep their order, so val.bin is the last of them.
+config/finetune_richard.py). The speeches keep their order, so val.bin is the last of them.
 """
 
 import hashlib

@@ -155,3 +155,18 @@ def test_prompt_characters_a_run_lacks_name_the_run(two_runs, tmp_path, capsys):
     err = error_of(capsys, [str(two_runs[0]), str(two_runs[1]), "--start=Hi €", f"--output={tmp_path / 'r'}"])
     assert err.startswith("error: run a: ") and "'€'" in err
     assert not (tmp_path / "r").exists()
+
+
+def test_every_run_takes_the_prompt_before_any_sample_is_generated(two_runs, tmp_path, capsys, monkeypatch):
+    """A prompt character only the last run lacks stops the script before the first run's sample costs time."""
+    def load_without_h(run_dir, device):
+        model, vocab, info = load_model(run_dir, device)
+        return (model, [c if c != "H" else "\x00" for c in vocab], info) if run_dir == two_runs[1] \
+            else (model, vocab, info)
+
+    generated = []
+    monkeypatch.setattr(compare, "load_model", load_without_h)
+    monkeypatch.setattr(compare, "generate_texts", lambda *a, **k: generated.append(a) or ["x"])
+    err = error_of(capsys, [str(two_runs[0]), str(two_runs[1]), "--start=Hi", f"--output={tmp_path / 'r'}"])
+    assert err.startswith("error: run b: ") and "'H'" in err
+    assert generated == [] and not (tmp_path / "r").exists()
