@@ -20,13 +20,14 @@ interleaved (A, B, A, B, ...) so a slower or faster spell of the machine falls o
 
 MFU (model FLOPs utilization) counts 6 FLOPs per parameter per token plus 12 * n_layer * n_embd * block_size for
 attention (forward and backward), and divides by the GPU's dense peak for the row's arithmetic (bf16 or fp16; TF32
-for the fast path's float32, else FP32), looked up by its name in devices.GPU_PEAKS, or by --peak_flops. Peak
+for the fast path's float32, else FP32), looked up by its name in GPU_PEAKS, or by --peak_flops. Peak
 memory is torch's peak allocation on a GPU, and this process's peak resident memory on a CPU (which only grows, so
 on a CPU it is an upper bound for every row after the first). "data load s" is the time load_data takes to check
-and map the data; "s per evaluation" is the median time of train.py's evaluate(), val and train loss together.
+and map the data; "s per evaluation" is the median time of train.py's estimate_loss(), val and train loss together.
 """
 
 import platform
+import re
 import resource
 import shutil
 import statistics
@@ -41,11 +42,12 @@ import torch
 
 from configurator import REPO_ROOT, UsageError, as_args, build_config, parse_args, run_command, split_options
 from data import load_data
-from devices import device_name, gpu_peak_flops, mixed_precision, resolve_compile, resolve_device, resolve_dtype
+from devices import device_name, mixed_precision, resolve_compile, resolve_device, resolve_dtype
 from files import write_atomic
 from model import GENERATION_CACHES
-from runlog import fmt, markdown_table, read_metrics, read_summary
-from train import TrainConfig, build, evaluate, load_config, train_step
+from runlog import read_metrics, read_summary
+from tables import fmt, markdown_table
+from train import TrainConfig, build, estimate_loss, eval_splits, load_config, train_step
 
 
 @dataclass
@@ -110,8 +112,41 @@ def flops_per_token(n_params: int, n_layer: int, n_embd: int, block_size: int) -
     return 6 * n_params + 12 * n_layer * n_embd * block_size
 
 
+# Dense peak FLOP/s (no sparsity) from the vendors' datasheets, for each kind of arithmetic a run can use: bf16 or fp16
+# on the tensor cores (autocast), TF32 (float32 matmuls with TF32 allowed: the fast path) and plain FP32. Each row:
+# a pattern matched as a whole word in torch.cuda.get_device_name(), the name shown, and the three peaks (None: the
+# GPU has no such unit). V100 and T4 have fp16 tensor cores but no bf16 or TF32; the harness picks float16 there.
+GPU_PEAKS = [
+    (r"H100 PCIe", "H100 PCIe", 756e12, 378e12, 51e12),
+    (r"H100 NVL", "H100 NVL", 835e12, 418e12, 60e12),
+    (r"H100", "H100 SXM", 989e12, 495e12, 67e12),
+    (r"H200 NVL", "H200 NVL", 835e12, 418e12, 60e12),
+    (r"H200", "H200 SXM", 989e12, 495e12, 67e12),
+    (r"A100", "A100", 312e12, 156e12, 19.5e12),
+    (r"L40S", "L40S", 362e12, 183e12, 91.6e12),
+    (r"L4", "L4", 121e12, 60e12, 30.3e12),
+    (r"RTX 4090", "RTX 4090", 165e12, 82.6e12, 82.6e12),
+    (r"A10", "A10", 125e12, 62.5e12, 31.2e12),
+    (r"V100", "V100 SXM2", 125e12, None, 15.7e12),
+    (r"T4", "T4", 65e12, None, 8.1e12),
+]
+
+
+def gpu_peak_flops(name: str, dtype: str, tf32: bool) -> tuple[float, str] | None:
+    """(peak FLOP/s, its description) of the GPU called name for work in dtype, or None for a GPU not in GPU_PEAKS.
+    float32 counts at the TF32 peak when TF32 is allowed (devices.mixed_precision's fast path), else at the FP32 one."""
+    for pattern, label, half, tf32_peak, fp32_peak in GPU_PEAKS:
+        if re.search(rf"(?<![\w]){pattern}(?![\w])", name):
+            if dtype in ("bfloat16", "float16"):
+                return half, f"{label} dense {dtype} {half / 1e12:g} TFLOP/s"
+            if tf32 and tf32_peak is not None:
+                return tf32_peak, f"{label} dense TF32 {tf32_peak / 1e12:g} TFLOP/s"
+            return fp32_peak, f"{label} FP32 {fp32_peak / 1e12:g} TFLOP/s"
+    return None
+
+
 def peak_of(device: str, dtype: str, fast: bool, given: float) -> tuple[float | None, str]:
-    """(peak FLOP/s or None, what it is): --peak_flops if given, else the GPU's own peak for dtype (devices.GPU_PEAKS;
+    """(peak FLOP/s or None, what it is): --peak_flops if given, else the GPU's own peak for dtype (GPU_PEAKS;
     float32 counts at the TF32 peak on the fast path, which allows TF32)."""
     if given > 0:
         return given, "--peak_flops"
@@ -131,10 +166,11 @@ def build_trainer(cfg: TrainConfig, vocab_size: int, device: str, fast: bool):
     dtype = resolve_dtype(cfg.dtype, device) if fast else "float32"
     compiled = resolve_compile(cfg.compile, device) and fast
     torch.manual_seed(cfg.seed)
-    raw_model, optimizer = build(cfg, vocab_size, device, fused=fast)
+    model, optimizer = build(cfg, vocab_size, device, fused=fast)
     autocast, scaler = mixed_precision(device, dtype, fast)
-    model = torch.compile(raw_model, mode=cfg.compile_mode) if compiled else raw_model
-    setup = {"dtype": dtype, "compile": cfg.compile_mode if compiled else None, "params": raw_model.num_params()}
+    if compiled:
+        model.compile(mode=cfg.compile_mode)  # in place, as train.py does
+    setup = {"dtype": dtype, "compile": cfg.compile_mode if compiled else None, "params": model.num_params()}
     return (model, optimizer, scaler, autocast), setup
 
 
@@ -221,12 +257,12 @@ def time_sampling(cfg: TrainConfig, options: BenchOptions, vocab_size: int, devi
 
 def time_evaluation(cfg: TrainConfig, options: BenchOptions, train_data, val_data, vocab_size: int,
                     device: str) -> float:
-    """Median seconds of train.py's evaluate() (val and train loss, each over what eval_tokens allows)."""
+    """Median seconds of train.py's estimate_loss() (val and train loss, each over what eval_tokens allows)."""
     (model, _, _, autocast), _ = build_trainer(cfg, vocab_size, device, fast=True)
     seconds = []
     for _ in range(options.repeats):
         started = time.perf_counter()
-        evaluate(model, cfg, train_data, val_data, autocast)
+        estimate_loss(model, eval_splits(cfg, train_data, val_data), cfg, autocast)
         synchronize(device)
         seconds.append(time.perf_counter() - started)
     return statistics.median(seconds)
@@ -241,10 +277,9 @@ def bench_steps(configs, options: BenchOptions, vocab_size: int, device: str) ->
         fast_path = [True, False] if options.compare else [True]
         results = time_steps(cfg, options, train_data, vocab_size, resolve_device(cfg.device), fast_path)
         eval_s = time_evaluation(cfg, options, train_data, val_data, vocab_size, resolve_device(cfg.device))
-        tokens_per_iter = cfg.batch_size * cfg.block_size * cfg.gradient_accumulation_steps
         for fast in fast_path:
             r = results[fast]
-            tokens_per_s = tokens_per_iter / (r["ms_median"] / 1000)
+            tokens_per_s = cfg.tokens_per_iter / (r["ms_median"] / 1000)
             peak, peak_source = peak_of(device, r["dtype"], fast, options.peak_flops)
             peaks.append(peak_source)
             mfu = (flops_per_token(r["params"], cfg.n_layer, cfg.n_embd, cfg.block_size) * tokens_per_s / peak

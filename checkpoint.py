@@ -17,12 +17,9 @@ import torch
 
 from configurator import UsageError
 from files import write_atomic
-from model import GPT, GPTConfig
+from model import GPT, SHAPE_KEYS, GPTConfig
 
 CHECKPOINT_FORMAT_VERSION = 1
-# The settings that give the model its weights' shapes and meaning: a checkpoint only resumes with the same ones.
-MODEL_SHAPE_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "bias", "norm", "qk_norm", "tie_weights", "mlp",
-                    "position_encoding")
 
 
 @dataclass
@@ -45,30 +42,28 @@ class RunState:
         return improved
 
 
-@dataclass
-class Sources:
-    """What a run's checkpoints are taken from."""
-    about: dict  # model_config, train_config, vocab and data: what the run is
-    model: torch.nn.Module  # the weights evaluated and sampled from: the average with ema, else the trained ones
-    train_model: torch.nn.Module  # the weights trained (the uncompiled module: its keys load anywhere)
-    optimizer: object  # a torch.optim optimizer, or optim.Muon: state_dict() either way
-    scaler: torch.amp.GradScaler
-    batch_gen: torch.Generator
-
-
-def save(path: Path, state: RunState, sources: Sources, resumable: bool = True) -> None:
-    """Write a checkpoint atomically: best.pt (resumable=False) holds the weights and what they are; ckpt.pt adds
-    what resuming needs."""
-    ckpt = {"format_version": CHECKPOINT_FORMAT_VERSION, "model": sources.model.state_dict(), **sources.about,
-            **asdict(state)}
-    if resumable:
-        if sources.model is not sources.train_model:  # with ema: "model" is the average
-            ckpt["train_model"] = sources.train_model.state_dict()
-        ckpt["optimizer"] = sources.optimizer.state_dict()
-        ckpt["scaler"] = sources.scaler.state_dict() if sources.scaler.is_enabled() else None
-        ckpt["rng"] = rng_state(sources.batch_gen)
+def save(path: Path, about: dict, state: RunState, model, train_model=None, optimizer=None, scaler=None,
+         batch_gen: torch.Generator | None = None) -> None:
+    """Write a checkpoint atomically: what the run is (about: model_config, train_config, vocab, data, started_from),
+    where it stands, and model's weights: the ones evaluated and sampled from. best.pt holds only these; ckpt.pt
+    adds what resuming needs: the optimizer, the grad scaler, the generators, and the weights trained (train_model)
+    where they are not model's (with ema, model is their average). Modules uncompiled or compiled in place."""
+    ckpt = {"format_version": CHECKPOINT_FORMAT_VERSION, "model": model.state_dict(), **about, **asdict(state)}
+    if optimizer is not None:
+        if train_model is not model:
+            ckpt["train_model"] = train_model.state_dict()
+        ckpt["optimizer"] = optimizer.state_dict()
+        ckpt["scaler"] = scaler.state_dict() if scaler.is_enabled() else None
+        ckpt["rng"] = rng_state(batch_gen)
     write_atomic(path, lambda f: torch.save(ckpt, f),
                  then="run the same command with --init_from=resume (or from scratch if out_dir has no ckpt.pt)")
+
+
+def model_shape(ckpt: dict) -> dict:
+    """The checkpoint's value of every shape key (model.SHAPE_KEYS). Keys added after it was written are absent
+    from it: it was trained with their defaults."""
+    saved = asdict(GPTConfig()) | ckpt["model_config"]
+    return {key: saved[key] for key in SHAPE_KEYS}
 
 
 def load_checkpoint(path: Path, device: str = "cpu", mmap: bool = False) -> dict:
@@ -161,11 +156,10 @@ def check_resumable(ckpt: dict, path: Path, settings: dict, vocab: list[str], da
     if ckpt.get("optimizer") is None:
         raise UsageError(f"{path} holds no optimizer state, so it cannot be resumed: start a new run with "
                          "--init_from=scratch")
-    # Keys added after a checkpoint was written are absent from it: it was trained with their defaults.
-    saved = asdict(GPTConfig()) | ckpt["model_config"]
+    saved = model_shape(ckpt)
     problems = [f"cannot resume from {path}: its model has {key} {saved[key]}, this run asks for "
                 f"{settings[key]} (set --{key}={saved[key]} or start a new run)"
-                for key in MODEL_SHAPE_KEYS if saved[key] != settings[key]]
+                for key in SHAPE_KEYS if saved[key] != settings[key]]
     data_dir = settings["data_dir"]
     # A run from a trained model has that model's vocabulary, which may hold more characters than its data, in
     # another order: the data's ids are mapped onto it by character (data.remap_ids).

@@ -18,9 +18,9 @@ from configurator import UsageError, build_config, parse_args, run_command
 from data import encode
 from files import ensure_dir, write_atomic
 from plot import plot_runs, run_names
-from runlog import (best_eval, fmt, format_duration, markdown_table, read_config, read_metrics, read_run_info,
-                    read_summary)
+from runlog import best_eval, format_duration, read_config, read_metrics, read_run_info, read_summary
 from sample import generate_texts, read_prompt
+from tables import fmt, markdown_table
 
 # config.json keys that say where or how a run was executed, not what was trained: a difference in them is noise.
 # (init_from says where the weights started, but a resumed run's says resume: the report uses origin() instead.)

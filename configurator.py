@@ -17,6 +17,7 @@ import errno
 import inspect
 import re
 import sys
+import textwrap
 import types
 import typing
 from pathlib import Path
@@ -213,12 +214,14 @@ def build_config(defaults_cls, config_path: str | None, overrides: dict, where: 
 
 
 def field_help(defaults_cls) -> dict[str, str]:
-    """Each field's trailing comment in the dataclass source: the one place a setting is described."""
+    """Each field's trailing comment in the dataclass source (and its base classes'): the one place a setting is
+    described."""
     comments = {}
-    for line in inspect.getsource(defaults_cls).splitlines():
-        match = re.match(r"\s+(\w+): .*?  # (.*)$", line)
-        if match:
-            comments[match.group(1)] = match.group(2)
+    for cls in reversed(defaults_cls.__mro__[:-1]):  # a subclass's comment wins over its base's
+        for line in inspect.getsource(cls).splitlines():
+            match = re.match(r"\s+(\w+): .*?  # (.*)$", line)
+            if match:
+                comments[match.group(1)] = match.group(2)
     return comments
 
 
@@ -247,11 +250,19 @@ def _choices(tp) -> list[str]:
     return []
 
 
-def help_text(defaults_cls) -> str:
-    """One line per setting: name, default and meaning, for --help."""
-    rows = describe(defaults_cls)
-    width = max(len(f"--{name}={default}") for name, default, _ in rows)
-    return "\n".join(f"  {f'--{name}={default}':<{width}}  {text}" for name, default, text in rows)
+def help_text(defaults_cls, columns: int = 120, option_width: int = 32) -> str:
+    """Each setting's --name=default and its meaning, for --help: the meanings in a column no wider than columns
+    allows, wrapped to fit. An option wider than option_width (a long default, such as a URL) sits on a line of its
+    own, so that it does not push the column of meanings past the terminal's edge."""
+    rows = [(f"--{name}={default}", text) for name, default, text in describe(defaults_cls)]
+    width = max((len(option) for option, _ in rows if len(option) <= option_width), default=0)
+    indent = " " * (width + 4)
+    lines = []
+    for option, text in rows:
+        meaning = textwrap.wrap(text, columns - len(indent), break_long_words=False, break_on_hyphens=False)
+        first = f"  {option:<{width}}  {meaning.pop(0) if meaning and len(option) <= width else ''}"
+        lines += [first.rstrip()] + [indent + line for line in meaning]
+    return "\n".join(lines)
 
 
 def run_command(work, argv, doc: str, options_cls, more_help: str = ""):

@@ -30,11 +30,7 @@ SPOT_BLOCKS, SPOT_BLOCK_BYTES = 64, 1 << 16
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# The vocabulary: every distinct character of the text, sorted, so the same text always gives the same ids.
-
-def build_vocab(text: str) -> list[str]:
-    return sorted(set(text))
-
+# The vocabulary: every distinct character of the text, sorted (scan_text), so the same text always gives the same ids.
 
 def encode(text: str, vocab: list[str]) -> list[int]:
     """Ids of text's characters; characters outside the vocabulary are refused, every one of them named."""

@@ -28,16 +28,32 @@ from configurator import UsageError
 # ----------------------------------------------------------------------------------------------------------------------
 # Device, dtype, precision
 
+DEVICE_CHOICES = "auto, cpu, cuda, cuda:N or mps"
+
+
+def parse_device(name: str) -> tuple[str, int | None] | None:
+    """(type, index) of a device setting: ("cuda", 1) for cuda:1, ("cpu", None) for cpu; None for a name that is not
+    one of DEVICE_CHOICES."""
+    kind, colon, index = name.partition(":")
+    if kind in ("auto", "cpu", "cuda", "mps") and not colon:
+        return kind, None
+    if kind == "cuda" and index.isdigit():
+        return kind, int(index)
+    return None
+
+
 def resolve_device(requested: str) -> str:
+    """The device a setting names, checked against this machine; auto: CUDA, else Apple's GPU (mps), else the CPU."""
+    kind, index = parse_device(requested)
     if requested == "auto":
         if torch.cuda.is_available():
             return "cuda"
         if torch.backends.mps.is_available():
             return "mps"
         return "cpu"
-    if requested.startswith("cuda") and not torch.cuda.is_available():
+    if kind == "cuda" and not torch.cuda.is_available():
         raise UsageError(f"device '{requested}' asked for, but this machine has no CUDA GPU: use --device=cpu")
-    if requested.startswith("cuda:") and int(requested[5:]) >= torch.cuda.device_count():
+    if index is not None and index >= torch.cuda.device_count():
         raise UsageError(f"device '{requested}' asked for, but there are only {torch.cuda.device_count()} GPUs")
     if requested == "mps" and not torch.backends.mps.is_available():
         raise UsageError("device 'mps' asked for, but this machine has no Apple GPU: use --device=cpu")
@@ -104,39 +120,6 @@ def device_name(device: str) -> str:
     if device == "cpu":
         return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
     return device
-
-
-# Dense peak FLOP/s (no sparsity) from the vendors' datasheets, for each kind of arithmetic a run can use: bf16 or fp16
-# on the tensor cores (autocast), TF32 (float32 matmuls with TF32 allowed: the fast path) and plain FP32. Each row:
-# a pattern matched as a whole word in torch.cuda.get_device_name(), the name shown, and the three peaks (None: the
-# GPU has no such unit). V100 and T4 have fp16 tensor cores but no bf16 or TF32; the harness picks float16 there.
-GPU_PEAKS = [
-    (r"H100 PCIe", "H100 PCIe", 756e12, 378e12, 51e12),
-    (r"H100 NVL", "H100 NVL", 835e12, 418e12, 60e12),
-    (r"H100", "H100 SXM", 989e12, 495e12, 67e12),
-    (r"H200 NVL", "H200 NVL", 835e12, 418e12, 60e12),
-    (r"H200", "H200 SXM", 989e12, 495e12, 67e12),
-    (r"A100", "A100", 312e12, 156e12, 19.5e12),
-    (r"L40S", "L40S", 362e12, 183e12, 91.6e12),
-    (r"L4", "L4", 121e12, 60e12, 30.3e12),
-    (r"RTX 4090", "RTX 4090", 165e12, 82.6e12, 82.6e12),
-    (r"A10", "A10", 125e12, 62.5e12, 31.2e12),
-    (r"V100", "V100 SXM2", 125e12, None, 15.7e12),
-    (r"T4", "T4", 65e12, None, 8.1e12),
-]
-
-
-def gpu_peak_flops(name: str, dtype: str, tf32: bool) -> tuple[float, str] | None:
-    """(peak FLOP/s, its description) of the GPU called name for work in dtype, or None for a GPU not in GPU_PEAKS.
-    float32 counts at the TF32 peak when TF32 is allowed (mixed_precision's fast path), else at the FP32 one."""
-    for pattern, label, half, tf32_peak, fp32_peak in GPU_PEAKS:
-        if re.search(rf"(?<![\w]){pattern}(?![\w])", name):
-            if dtype in ("bfloat16", "float16"):
-                return half, f"{label} dense {dtype} {half / 1e12:g} TFLOP/s"
-            if tf32 and tf32_peak is not None:
-                return tf32_peak, f"{label} dense TF32 {tf32_peak / 1e12:g} TFLOP/s"
-            return fp32_peak, f"{label} FP32 {fp32_peak / 1e12:g} TFLOP/s"
-    return None
 
 
 def mixed_precision(device: str, dtype: str, fast: bool = True):
@@ -211,13 +194,13 @@ class Ranks:
         dist.all_reduce(t, group=self.control_group)
         return t.item() / self.world_size
 
-    def from_master(self, values: dict, keys: tuple[str, ...]) -> list[float]:
-        """values[key] for each key, as rank 0 has them (the others' values are not read)."""
+    def from_master(self, values: dict | None, keys: tuple[str, ...]) -> dict:
+        """{key: rank 0's values[key]} for each key, on every process (the others' values are not read)."""
         if not self.ddp:
-            return [values[key] for key in keys]
+            return {key: values[key] for key in keys}
         t = torch.tensor([values[key] for key in keys] if self.master else [0.0] * len(keys), dtype=torch.float64)
         dist.broadcast(t, src=0, group=self.control_group)
-        return t.tolist()
+        return dict(zip(keys, t.tolist()))
 
     def barrier(self) -> None:
         if self.ddp:

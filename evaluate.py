@@ -1,9 +1,9 @@
-"""Measuring a model: the loss, accuracy and per-character counts over a split (the whole of it, or a fixed sample of
-windows when it is large), and per-character precision, recall and F1.
+"""What an evaluation reads and counts: the windows of a split it reads (the whole split, or a fixed sample of windows
+when it is large), the per-character counts of right and wrong predictions, and the accuracies and per-character
+precision, recall and F1 drawn from them. train.py's estimate_loss runs the model over them.
 """
 
 import torch
-import torch.nn.functional as F
 
 # Evaluation needs no gradients, so on a GPU it takes bigger batches than training: fewer, larger matrix products,
 # while the activations for them stay small. On a CPU the training batch is faster: it stays in the caches
@@ -35,12 +35,12 @@ def eval_token_count(n_targets: int, block_size: int, max_tokens: int) -> int:
     return n_targets if starts is None else len(starts) * block_size
 
 
-def describe_reads(val_data, train_data, block_size: int, val_tokens: int, train_tokens: int) -> str:
-    """The line a run prints at its start: how many tokens of each split an evaluation reads."""
-    counts = [eval_token_count(len(split) - 1, block_size, cap)
-              for split, cap in ((val_data, val_tokens), (train_data, train_tokens))]
-    return (f"each evaluation reads {counts[0]:,} of {len(val_data) - 1:,} val tokens and {counts[1]:,} of "
-            f"{len(train_data) - 1:,} train tokens")
+def describe_reads(splits: dict, block_size: int) -> str:
+    """The line a run prints at its start: how many tokens of each split ({name: (ids, max_tokens)}) an evaluation
+    reads."""
+    reads = [f"{eval_token_count(len(data) - 1, block_size, max_tokens):,} of {len(data) - 1:,} {name} tokens"
+             for name, (data, max_tokens) in splits.items()]
+    return f"each evaluation reads {' and '.join(reads)}"
 
 
 def split_windows(data: torch.Tensor, block_size: int, batch_size: int, max_tokens: int = 0) -> list:
@@ -60,46 +60,42 @@ def split_windows(data: torch.Tensor, block_size: int, batch_size: int, max_toke
     return chunks
 
 
-@torch.no_grad()
-def evaluate_split(model, data: torch.Tensor, block_size: int, batch_size: int, autocast, max_tokens: int = 0,
-                   device=None) -> dict:
-    """Next-token metrics over the split, or over max_tokens of it in fixed windows (split_windows), computed on
-    device (the data's by default).
-
-    Returns the mean cross-entropy `loss`, top-1 and top-5 accuracy (`acc`, `top5`), `char_counts`, a (3, vocab)
-    count per character of correct top-1 predictions, of targets and of top-1 predictions (on the CPU: what
-    classification_metrics needs, without a vocab x vocab matrix), and `tokens`, the number of targets they are
-    over. Deterministic: the same weights always give the same numbers."""
-    device = data.device if device is None else device
-    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-    top5_hits = torch.zeros((), dtype=torch.long, device=device)
-    char_counts, n_targets = 0, 0
-    for x, y in split_windows(data, block_size, batch_size, max_tokens):
-        x, y = x.to(device, torch.long), y.to(device, torch.long)
-        with autocast:
-            logits, _ = model(x)
-        vocab_size = logits.size(-1)
-        logits = logits.float().view(-1, vocab_size)  # (B*T, V)
-        y = y.reshape(-1)  # (B*T,)
-        n_targets += len(y)
-        loss_sum += F.cross_entropy(logits, y, reduction="sum").double()
-        top = logits.topk(min(5, vocab_size), dim=-1).indices  # (B*T, 5)
-        top5_hits += (top == y[:, None]).any(dim=-1).sum()
-        char_counts = char_counts + torch.stack([torch.bincount(y[top[:, 0] == y], minlength=vocab_size),
-                                                 torch.bincount(y, minlength=vocab_size),
-                                                 torch.bincount(top[:, 0], minlength=vocab_size)])  # (3, V)
-    char_counts = char_counts.cpu()
-    return {"loss": (loss_sum / n_targets).item(), "acc": char_counts[0].sum().item() / n_targets,
-            "top5": top5_hits.item() / n_targets, "char_counts": char_counts, "tokens": n_targets}
+def eval_batches(data: torch.Tensor, block_size: int, batch_size: int, max_tokens: int, device: torch.device):
+    """split_windows' (x, y) batches as token ids on device, in batches of eval_batch_size windows."""
+    for x, y in split_windows(data, block_size, eval_batch_size(batch_size, block_size, device.type), max_tokens):
+        yield x.to(device, torch.long), y.to(device, torch.long)  # (B, T) each
 
 
-def classification_metrics(char_counts: torch.Tensor) -> dict:
-    """Macro precision, recall and F1 over characters from evaluate_split's char_counts (per character: correct top-1
-    predictions, targets, top-1 predictions).
+CORRECT, TOP5, TARGETS, PREDICTED = range(4)  # the rows of prediction_counts
+
+
+def prediction_counts(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """(4, vocab) counts over a batch, per character: targets predicted right by the top-1 prediction (CORRECT) and
+    within the top 5 (TOP5), by target; how often it is the target (TARGETS); how often it is the top-1 prediction
+    (PREDICTED). What accuracies and classification_metrics need, without a vocab x vocab confusion matrix."""
+    vocab_size = logits.size(-1)
+    logits, targets = logits.float().reshape(-1, vocab_size), targets.reshape(-1)  # (N, V), (N,)
+    top = logits.topk(min(5, vocab_size), dim=-1).indices  # (N, 5)
+    in_top5 = (top == targets[:, None]).any(dim=-1)  # (N,)
+    return torch.stack([torch.bincount(targets[top[:, 0] == targets], minlength=vocab_size),
+                        torch.bincount(targets[in_top5], minlength=vocab_size),
+                        torch.bincount(targets, minlength=vocab_size),
+                        torch.bincount(top[:, 0], minlength=vocab_size)])
+
+
+def accuracies(counts: torch.Tensor) -> tuple[float, float]:
+    """(top-1, top-5) accuracy from prediction_counts: the share of targets predicted right."""
+    targets = counts[TARGETS].sum().item()
+    return counts[CORRECT].sum().item() / targets, counts[TOP5].sum().item() / targets
+
+
+def classification_metrics(counts: torch.Tensor) -> dict:
+    """Macro precision, recall and F1 over characters from prediction_counts.
 
     Averaged over the characters that occur as targets; a character never predicted has precision 0.
     """
-    true_positives, support, predicted = char_counts.double()  # support: how often each character is the target
+    counts = counts.double()
+    true_positives, support, predicted = counts[CORRECT], counts[TARGETS], counts[PREDICTED]  # support: as target
     present = support > 0
     precision = torch.where(predicted > 0, true_positives / predicted.clamp(min=1), 0.0)
     recall = true_positives / support.clamp(min=1)

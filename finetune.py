@@ -14,14 +14,14 @@ as a new model's are; the data's ids are mapped onto the model's (data.remap_ids
 another takes its shape from its own checkpoint in the same way, since its settings never held it.
 """
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 
-from checkpoint import MODEL_SHAPE_KEYS, checkpoint_path, load_checkpoint
+from checkpoint import checkpoint_path, load_checkpoint, model_shape
 from configurator import UsageError
-from model import GPTConfig
+from model import SHAPE_KEYS
 
 # The weights with a row per character: a grown vocabulary adds rows to them (the output layer's is the embedding's
 # when tied).
@@ -29,16 +29,16 @@ VOCAB_ROWS = ("transformer.wte.weight", "lm_head.weight")
 
 
 @dataclass
-class Start:
-    """What a run that does not start from random weights starts from, besides its settings."""
+class Pretrained:
+    """What a run takes from the trained model it starts from (or, resuming, started from), besides its shape."""
     vocab: list[str]  # the trained model's vocabulary: its ids stay the model's first ids
     started_from: dict | None  # the run record's note of the source run (None: a run that started from scratch)
     weights: dict | None  # the source's weights (memory-mapped), for a new run; None when resuming: resume() loads
 
 
-def start_from(cfg, given: set):
-    """(cfg with the model's shape from the checkpoint the run starts from, Start), or (cfg, None) for a run from
-    scratch. cfg is a TrainConfig; given holds the keys the config file or command line set."""
+def from_checkpoint(cfg, given: set):
+    """(cfg with the model's shape from the checkpoint the run starts from, Pretrained), or (cfg, None) for a run
+    from scratch. cfg is a TrainConfig; given holds the keys the config file or command line set."""
     if cfg.init_from == "scratch":
         return cfg, None
     if cfg.init_from == "resume":
@@ -50,20 +50,20 @@ def start_from(cfg, given: set):
         if started_from is not None:  # its shape came from a checkpoint, not its settings: it does again
             # A shape key set to another value is left for check_resumable to refuse, as for any resume.
             cfg = replace(cfg, **{k: v for k, v in model_shape(ckpt).items() if k not in given})
-        return cfg, Start(ckpt["vocab"], started_from, None)
+        return cfg, Pretrained(ckpt["vocab"], started_from, None)
     path = source_checkpoint(cfg.init_from, None if cfg.eval_only else cfg.out_dir)  # eval_only writes nothing
     ckpt = load_checkpoint(path, mmap=True)
     shape = model_shape(ckpt)
     problems = [f"'{key}' is {getattr(cfg, key)} here, but the model in {path} has {key} {shape[key]}: a run from a "
                 f"trained model keeps its shape; leave {key} out or set --{key}={shape[key]}"
-                for key in MODEL_SHAPE_KEYS if key in given and getattr(cfg, key) != shape[key]]
+                for key in SHAPE_KEYS if key in given and getattr(cfg, key) != shape[key]]
     if cfg.freeze_layers > shape["n_layer"]:
         problems.append(f"'freeze_layers' is {cfg.freeze_layers}, but the model in {path} has n_layer "
                         f"{shape['n_layer']}: set --freeze_layers={shape['n_layer']} or fewer")
     if problems:
         raise UsageError(problems)
     started_from = {"path": str(path), "iter_num": ckpt["iter_num"], "best_val_loss": ckpt["best_val_loss"]}
-    return replace(cfg, **shape), Start(ckpt["vocab"], started_from, ckpt["model"])
+    return replace(cfg, **shape), Pretrained(ckpt["vocab"], started_from, ckpt["model"])
 
 
 def source_checkpoint(init_from: str, out_dir: str | None) -> Path:
@@ -82,26 +82,22 @@ def source_checkpoint(init_from: str, out_dir: str | None) -> Path:
         raise UsageError(f"init_from: {e}") from None
 
 
-def model_shape(ckpt: dict) -> dict:
-    """The checkpoint's value of every shape key; keys added after it was written have their defaults in it."""
-    saved = asdict(GPTConfig()) | ckpt["model_config"]
-    return {key: saved[key] for key in MODEL_SHAPE_KEYS}
-
-
-def model_vocab(start: Start | None, data_vocab: list[str], freeze_layers: int) -> tuple[list[str], dict | None]:
+def model_vocab(pretrained: Pretrained | None, data_vocab: list[str],
+                freeze_layers: int) -> tuple[list[str], dict | None]:
     """The model's vocabulary (the trained model's, then the characters of the data it never saw, sorted) and the run
     record's note of the run it started from, which names the characters added."""
-    if start is None:
+    if pretrained is None:
         return data_vocab, None
-    known = set(start.vocab)
+    known = set(pretrained.vocab)
     added = sorted(ch for ch in set(data_vocab) if ch not in known)
-    if start.weights is None:  # resuming: its vocabulary grew when the run started; check_resumable refuses more
-        return start.vocab + added, start.started_from
+    if pretrained.weights is None:  # resuming: the vocabulary grew when the run started; check_resumable refuses more
+        return pretrained.vocab + added, pretrained.started_from
     if added and freeze_layers:
         raise UsageError(f"'freeze_layers' keeps the token embedding fixed, but the data has characters the model "
-                         f"in {start.started_from['path']} never saw ({' '.join(repr(c) for c in added)}), whose new "
-                         "rows could then never learn: set --freeze_layers=0, or fine-tune on text without them")
-    return start.vocab + added, start.started_from | {"added_characters": added}
+                         f"in {pretrained.started_from['path']} never saw ({' '.join(repr(c) for c in added)}), "
+                         "whose new rows could then never learn: set --freeze_layers=0, or fine-tune on text without "
+                         "them")
+    return pretrained.vocab + added, pretrained.started_from | {"added_characters": added}
 
 
 @torch.no_grad()

@@ -9,7 +9,8 @@ predicts from the last block_size tokens.
 """
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import Literal
 
 import torch
 import torch.nn as nn
@@ -17,19 +18,31 @@ import torch.nn.functional as F
 
 
 @dataclass
-class GPTConfig:
-    block_size: int = 256  # longest context the model sees (positions it has embeddings for)
-    vocab_size: int = 65  # number of distinct tokens (characters)
+class ModelConfig:
+    """The model's settings, declared here once: train.py's TrainConfig takes them as its own keys."""
+    block_size: int = 256  # context length in characters
     n_layer: int = 6  # transformer blocks
     n_head: int = 6  # attention heads per block
     n_embd: int = 384  # width of the residual stream
-    dropout: float = 0.0  # dropout probability in training
-    bias: bool = False  # biases in Linear and LayerNorm layers (GPT-2 had them; without, there is less to compute)
-    norm: str = "layernorm"  # layernorm (GPT-2) or rmsnorm (scales by the root mean square only: no centring)
-    qk_norm: bool = False  # normalise each head's queries and keys before attention, which bounds the logits
+    dropout: float = 0.2  # dropout probability in training
+    bias: bool = False  # biases in Linear and LayerNorm layers
+    norm: Literal["layernorm", "rmsnorm"] = "layernorm"  # the normalisation before each block and the output
+    qk_norm: bool = False  # normalise each head's queries and keys (with `norm`) before attention
     tie_weights: bool = True  # the output layer reuses the token embedding's weights
-    mlp: str = "gelu"  # gelu (GPT-2), relu2 (ReLU squared) or swiglu (a SiLU-gated linear unit)
-    position_encoding: str = "learned"  # learned (GPT-2), sinusoidal (fixed, Vaswani et al.) or rope (rotary)
+    mlp: Literal["gelu", "relu2", "swiglu"] = "gelu"  # the MLP's nonlinearity; swiglu's is 8/3 as wide: equal params
+    position_encoding: Literal["learned", "sinusoidal", "rope"] = "learned"  # how the model knows where a token is
+
+
+# The settings that give the weights their shapes and meaning: all but dropout. A checkpoint resumes, and a run from
+# a trained model starts, only with the same ones.
+SHAPE_KEYS = tuple(f.name for f in fields(ModelConfig) if f.name != "dropout")
+
+
+@dataclass
+class GPTConfig(ModelConfig):
+    """The model's settings and its vocabulary's size, which comes from the data: what a checkpoint's model_config
+    holds."""
+    vocab_size: int = 65  # number of distinct tokens (characters)
 
 
 def make_norm(config: GPTConfig, dim: int) -> nn.Module:

@@ -1,5 +1,5 @@
-"""The optimizer side of training: the optimizer (AdamW, SGD or Muon), the learning rate of its groups, the L1
-penalty, and the exponential moving average of the weights (ema).
+"""The optimizer side of training: the optimizer (AdamW, SGD or Muon) with a peak learning rate per parameter group,
+the L1 penalty, and the exponential moving average of the weights (ema).
 
 Muon is written here from Keller Jordan's description (2024, "Muon: An optimizer for hidden layers in neural
 networks"). For a weight matrix W with gradient G, each step is
@@ -189,7 +189,7 @@ def make_optimizer(model, learning_rate, weight_decay, betas, fused: bool, kind:
     """The optimizer `kind` (adamw, sgd or muon), with weight decay on matrices (embeddings, Linear weights) only,
     not on biases and norm gains.
 
-    Each parameter group carries lr_scale: its peak learning rate over learning_rate, which set_lr multiplies the
+    Each parameter group carries lr_scale: its peak learning rate over learning_rate, which train.py multiplies the
     scheduled rate by. Only Muon's group differs from 1 (muon_learning_rate / learning_rate)."""
     decay = weight_matrices(model)
     no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
@@ -213,17 +213,11 @@ def make_optimizer(model, learning_rate, weight_decay, betas, fused: bool, kind:
     return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=fused)
 
 
-def set_lr(optimizer, lr: float) -> None:
-    """The scheduled learning rate for this step, scaled per group by its lr_scale."""
-    for group in optimizer.param_groups:
-        group["lr"] = lr * group["lr_scale"]
-
-
-def l1_norm(matrices) -> torch.Tensor:
-    """The sum of the absolute values of every entry of the given weight matrices: the L1 penalty before its
+def l1_norm(model) -> torch.Tensor:
+    """The sum of the absolute values of every entry of the model's weight matrices: the L1 penalty before its
     coefficient. Its gradient, sign(W), pulls every weight towards zero by the same amount, so small weights reach
     exactly zero, where weight decay only shrinks each weight in proportion to its size."""
-    return sum(p.abs().sum() for p in matrices)
+    return sum(p.abs().sum() for p in weight_matrices(model))
 
 
 # ----------------------------------------------------------------------------------------------------------------------

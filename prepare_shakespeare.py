@@ -1,4 +1,4 @@
-"""Prepare a character-level dataset: Tiny Shakespeare by default, or any UTF-8 text with --input.
+r"""Prepare a character-level dataset: Tiny Shakespeare by default, or any UTF-8 text with --input.
 
     python prepare_shakespeare.py                        # the copy shipped in data/shakespeare_char/input.txt
     python prepare_shakespeare.py --input=my_text.txt --data_dir=data/my_text
@@ -14,10 +14,14 @@ keep_speakers and drop_speakers cut a play-formatted text (speeches apart by a b
 speaker's name and a colon on a line of its own, as in Tiny Shakespeare) into the speeches of some speakers, or of
 all the others: two disjoint texts from one file, e.g. to pretrain on one and fine-tune on the other (see
 config/finetune_richard.py). The speeches keep their order, so val.bin is the last of them.
+
+train.py calls prepare_if_missing first: a run on the default data_dir prepares the shipped text itself, once.
 """
 
 import hashlib
+import os
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,8 +32,16 @@ from configurator import UsageError, build_config, parse_args, refuse_positional
 from data import write_dataset
 from files import ensure_dir, write_atomic
 
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
+
 SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 SHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
+SHAKESPEARE_DIR = Path(__file__).resolve().parent / "data" / "shakespeare_char"  # beside the shipped input.txt
+PREPARED_FILES = ("train.bin", "val.bin", "meta.json")
+PREPARE_LOCK = ".prepare.lock"  # in data_dir: torchrun's processes take turns at prepare_if_missing
 
 
 @dataclass
@@ -37,7 +49,7 @@ class PrepareConfig:
     input: str = ""  # a UTF-8 text file to train on; empty: Tiny Shakespeare, data_dir/input.txt
     data_dir: str = "data/shakespeare_char"  # where train.bin, val.bin and meta.json go
     val_fraction: float = 0.1  # share of the text, at its end, kept for validation
-    url: str = SHAKESPEARE_URL  # where to download Tiny Shakespeare if data_dir/input.txt is missing
+    url: str = ""  # where to download a missing data_dir/input.txt; empty: char-rnn's Tiny Shakespeare
     keep_speakers: str = ""  # comma-separated speakers (e.g. ROMEO,JULIET): keep only their speeches
     drop_speakers: str = ""  # comma-separated speakers: keep every speech but theirs
 
@@ -147,17 +159,29 @@ def main(argv=None):
 
 
 def prepare(argv=None) -> dict:
+    """The command line: prepare what its options say, and report what was written."""
     positional, options = parse_args(argv)
     refuse_positional(positional)
     cfg = build_config(PrepareConfig, None, options)
+    meta = prepare_text(cfg)
+    print(f"{meta['source']}: {meta['train_tokens'] + meta['val_tokens']:,} characters, vocabulary of "
+          f"{meta['vocab_size']}")
+    print(f"wrote {meta['train_tokens']:,} train and {meta['val_tokens']:,} val tokens to {Path(cfg.data_dir)}/")
+    return meta
+
+
+def prepare_text(cfg: PrepareConfig) -> dict:
+    """Write train.bin, val.bin and meta.json into cfg.data_dir from the text cfg names, downloading Tiny Shakespeare
+    first if it is missing. Returns the metadata written; prints nothing else unless it downloads."""
     if not 0 < cfg.val_fraction < 1:
         raise UsageError(f"'val_fraction' must be between 0 and 1, got {cfg.val_fraction}")
     data_dir = ensure_dir(cfg.data_dir, key="data_dir")
     source = Path(cfg.input) if cfg.input else data_dir / "input.txt"
     if not cfg.input and not source.exists():
-        print(f"{source} is missing: downloading Tiny Shakespeare from {cfg.url}")
+        url = cfg.url or SHAKESPEARE_URL
+        print(f"{source} is missing: downloading Tiny Shakespeare from {url}")
         try:
-            download(cfg.url, source, SHAKESPEARE_SHA256)
+            download(url, source, SHAKESPEARE_SHA256)
         except DownloadError as e:
             raise UsageError(f"{e}. Place the file by hand: save Tiny Shakespeare as {source} "
                              f"(sha256 {SHAKESPEARE_SHA256}) and run this again") from None
@@ -179,9 +203,48 @@ def prepare(argv=None) -> dict:
         except UnicodeDecodeError as e:
             raise UsageError(f"input file '{source}' is not UTF-8 text (byte {e.start} is invalid): "
                              "convert it, e.g. with iconv -t utf-8") from None
-    print(f"{origin}: {meta['train_tokens'] + meta['val_tokens']:,} characters, vocabulary of {meta['vocab_size']}")
-    print(f"wrote {meta['train_tokens']:,} train and {meta['val_tokens']:,} val tokens to {data_dir}/")
     return meta
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Prepared on first use, for train.py
+
+def prepare_if_missing(data_dir: str) -> bool:
+    """Prepare the default Tiny Shakespeare folder from its shipped text if its prepared files are missing, saying so
+    in one line: True if it prepared. False, having touched nothing, for any other data_dir (load_meta's error names
+    prepare_shakespeare.py there) or when the files are there. Safe to call from several processes at once."""
+    folder = Path(data_dir)
+    if folder.resolve() != SHAKESPEARE_DIR.resolve() or is_prepared(folder):
+        return False
+    with held_lock(ensure_dir(folder, key="data_dir") / PREPARE_LOCK):
+        if is_prepared(folder):  # another process prepared it while this one waited for the lock
+            return False
+        print(f"preparing {data_dir} from the shipped Tiny Shakespeare (once) ...", flush=True)
+        # The command line's defaults, so the files are those `python prepare_shakespeare.py` writes there.
+        prepare_text(PrepareConfig(data_dir=str(data_dir)))
+    return True
+
+
+def is_prepared(folder: Path) -> bool:
+    """Whether all of prepare's files are there; a preparation cut short (a train.bin without meta.json) is not."""
+    return all((folder / name).is_file() for name in PREPARED_FILES)
+
+
+@contextmanager
+def held_lock(path: Path):
+    """Hold an exclusive lock on the file at path (created if need be) until the with-block ends, waiting for it if
+    another process holds it. The system drops the lock when its holder ends, however it ends."""
+    if fcntl is None:
+        # Windows has no flock: there torchrun's processes may each prepare at once and collide on prepare's temp
+        # files (meta.json's checksums catch a mixed-up split at load). Rare enough to go without a lock.
+        yield
+        return
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 if __name__ == "__main__":

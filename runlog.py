@@ -6,7 +6,7 @@
     summary.json   written when a run ends: its best and final evaluations, overfitting, time and throughput
 
 train.py writes them; plot.py, compare.py, tune.py and bench.py read them here. Runs written before a quantity got its
-present name are read with the present names (LEGACY_NAMES). The markdown tables of every report are written here too.
+present name are read with the present names (LEGACY_NAMES). The reports' markdown tables are made in tables.py.
 """
 
 import json
@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from configurator import REPO_ROOT, UsageError
 from devices import device_name
+from evaluate import accuracies
 from files import read_json, write_atomic, write_json
 from trackers import TRACKER_DIRS
 
@@ -41,7 +42,8 @@ NOT_A_RUN = "give the out_dir of a train.py run"
 RUN_FILES = ("config.json", "run.json", "metrics.jsonl", "summary.json", "ckpt.pt", "best.pt")  # a run's own files
 
 
-def start(out_dir: Path, config: dict, info: dict, resumed_at: int | None, overwrite: bool = False) -> None:
+def start(out_dir: Path, config: dict, info: dict, resumed_at: int | None, tokens_per_iter: int,
+          overwrite: bool = False) -> None:
     """Write config.json and run.json, and print what is being trained where. A resumed run keeps the evaluations it
     logged up to its checkpoint. A new run first moves a previous run's files out of the folder (keep_aside), or with
     overwrite deletes them, so that nothing of an old run passes for the new one's."""
@@ -61,7 +63,6 @@ def start(out_dir: Path, config: dict, info: dict, resumed_at: int | None, overw
         trim_metrics(out_dir / "metrics.jsonl", resumed_at)
     write_json(out_dir / "config.json", config)
     write_json(out_dir / "run.json", info)
-    tokens_per_iter = config["batch_size"] * config["block_size"] * config["gradient_accumulation_steps"]
     processes = info["world_size"]
     print(f"{info['params'] / 1e6:.2f}M parameters | {info['device']} ({info['device_name']}) | {config['dtype']}"
           f"{' | compiled' if config['compile'] else ''}{f' | {processes} processes' if processes > 1 else ''} | "
@@ -130,20 +131,31 @@ def git_commit() -> str | None:
     return out.stdout.strip() + ("-dirty" if dirty else "")
 
 
-def log_evaluation(out_dir: Path, state, evaluation: dict, lr: float, improved: bool) -> dict:
-    """Add one line to metrics.jsonl for the evaluation at state.iter_num (a RunState), print it, and return it."""
+def log_evaluation(out_dir: Path, state, evaluation: dict, lr: float, improved: bool, trackers=()) -> dict:
+    """Add one line to metrics.jsonl for the evaluation at state.iter_num (a RunState; evaluation: train.py's
+    estimate_loss), print it, pass it to the trackers, and return it."""
     val_loss, train_loss = evaluation["val_loss"], evaluation["train_loss"]
+    val_acc, val_top5 = accuracies(evaluation["val_counts"])
     record = {"iter_num": state.iter_num, "train_loss": round(train_loss, 6), "val_loss": round(val_loss, 6),
               "val_ppl": perplexity(val_loss), "val_bpc": round(val_loss / math.log(2), 6),
-              "val_acc": round(evaluation["val_acc"], 6), "val_top5": round(evaluation["val_top5"], 6),
+              "val_acc": round(val_acc, 6), "val_top5": round(val_top5, 6),
               "lr": lr, "elapsed_s": round(state.elapsed_s, 3), "tokens_seen": state.tokens_seen,
               "val_loss_tokens": evaluation["val_loss_tokens"], "train_loss_tokens": evaluation["train_loss_tokens"]}
     path = out_dir / "metrics.jsonl"
     logged = path.read_text(encoding="utf-8") if path.is_file() else ""
     write_atomic(path, logged + json.dumps(record) + "\n")  # the whole file anew: never a line cut short
     tqdm.write(f"iter {state.iter_num}: train loss {train_loss:.4f}, val loss {val_loss:.4f}, "
-               f"val accuracy {evaluation['val_acc']:.1%}{' (best)' if improved else ''}")
+               f"val accuracy {val_acc:.1%}{' (best)' if improved else ''}")
+    for tracker in trackers:
+        tracker.log(record)
     return record
+
+
+def resume_command(argv, torchrun: bool) -> str:
+    """The command that resumes the run started by argv (train.py's arguments; None: this process's)."""
+    launcher = "torchrun <the same torchrun options> train.py" if torchrun else "python train.py"
+    args = [a for a in (sys.argv[1:] if argv is None else argv) if "init_from" not in a]
+    return f"{launcher} {' '.join(args)} --init_from=resume"
 
 
 def perplexity(loss: float) -> float:
@@ -281,19 +293,3 @@ def find_runs(root: Path) -> list[Path]:
                          "config/cpu.py) or name run folders")
     return sorted(runs, key=lambda path: [int(part) if part.isdigit() else part  # c2 before c10
                                           for part in re.split(r"(\d+)", str(path))])
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# Reports
-
-def fmt(value, spec: str, missing=None):
-    """value formatted by spec (as format() does), or missing when there is no value."""
-    return missing if value is None else format(value, spec)
-
-
-def markdown_table(header: list[str], rows: list[list]) -> str:
-    """A markdown table; None shows as '-', and a '|' inside a cell is escaped so it cannot split the row."""
-    def cell(value) -> str:
-        return "-" if value is None else str(value).replace("|", "\\|")
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
-    return "\n".join(lines + ["| " + " | ".join(cell(value) for value in row) + " |" for row in rows])

@@ -11,16 +11,19 @@ Settings: the TrainConfig defaults below, then the config file's assignments, th
 A run writes into out_dir: config.json, run.json, metrics.jsonl, summary.json, ckpt.pt and best.pt.
 
 This file reads top to bottom: the settings, how a batch is drawn, the learning rate at each step, one training step,
-an evaluation, and the run: a short setup, then the loop. What else a run needs lives in modules of one concern each:
-model.py (the GPT), data.py (the prepared data), optim.py (optimizers, L1, weight average), evaluate.py (losses and
-accuracies), checkpoint.py (save, load, resume), runlog.py (the run record), devices.py (device, precision, torchrun's
-processes, stop signals) and configurator.py (settings and the command line).
+the evaluation the loop calls, and the run: its setup, the loop and its ending. One step and one evaluation read here
+and in model.py (the GPT). The rest of a run comes from modules of one concern each:
+    configurator.py  settings, the command line          prepare_shakespeare.py  Tiny Shakespeare, on first use
+    data.py          the prepared data, checked           finetune.py             from a trained run's weights
+    optim.py         optimizers, L1, weight average       evaluate.py             an evaluation's windows and counts
+    devices.py       device, precision, torchrun, stops   checkpoint.py           ckpt.pt and best.pt, resume
+    runlog.py        the run record: its JSON files       files.py                one run at a time in an out_dir
+    trackers.py      Weights & Biases and TensorBoard
 """
 
 import math
-import sys
 import time
-from contextlib import nullcontext
+from contextlib import ExitStack, nullcontext
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Literal
@@ -32,13 +35,14 @@ from tqdm import tqdm
 import devices
 import finetune
 import runlog
-from checkpoint import RunState, Sources, resume, save
+from checkpoint import RunState, resume, save
 from configurator import UsageError, build_config, parse_args, run_command
 from data import load_data, remap_ids
-from evaluate import classification_metrics, describe_reads, eval_batch_size, evaluate_split
-from files import ensure_dir, lock_folder
-from model import GPT, GPTConfig
-from optim import ema_copy, l1_norm, make_optimizer, set_lr, update_ema, weight_matrices
+from evaluate import accuracies, classification_metrics, describe_reads, eval_batches, prediction_counts
+from files import lock_folder
+from model import GPT, GPTConfig, ModelConfig
+from optim import ema_copy, l1_norm, make_optimizer, update_ema
+from prepare_shakespeare import prepare_if_missing
 from trackers import missing_packages, trackers
 
 
@@ -46,7 +50,9 @@ from trackers import missing_packages, trackers
 # Settings
 
 @dataclass
-class TrainConfig:
+class TrainConfig(ModelConfig):
+    """Every setting of a run: the model's (block_size, n_layer, n_head, n_embd, dropout, ...: model.ModelConfig, where
+    they are declared) and these."""
     # I/O
     out_dir: str = "out/run"  # where this run's logs and checkpoints go
     data_dir: str = "data/shakespeare_char"  # holds train.bin, val.bin and meta.json from prepare_shakespeare.py
@@ -74,19 +80,7 @@ class TrainConfig:
     seed: int = 1337  # seeds weights, batches and dropout: the same seed gives the same run on CPU
     # data
     batch_size: int = 64  # sequences per micro-batch
-    block_size: int = 256  # context length in characters
     gradient_accumulation_steps: int = 1  # micro-batches per optimizer step, over all processes under torchrun
-    # model
-    n_layer: int = 6  # transformer blocks
-    n_head: int = 6  # attention heads per block
-    n_embd: int = 384  # width of the residual stream
-    dropout: float = 0.2  # dropout probability in training
-    bias: bool = False  # biases in Linear and LayerNorm layers
-    norm: Literal["layernorm", "rmsnorm"] = "layernorm"  # the normalisation before each block and the output
-    qk_norm: bool = False  # normalise each head's queries and keys (with `norm`) before attention
-    tie_weights: bool = True  # the output layer reuses the token embedding's weights
-    mlp: Literal["gelu", "relu2", "swiglu"] = "gelu"  # the MLP's nonlinearity; swiglu's is 8/3 as wide: equal params
-    position_encoding: Literal["learned", "sinusoidal", "rope"] = "learned"  # how the model knows where a token is
     # optimizer
     optimizer: Literal["adamw", "sgd", "muon"] = "adamw"  # muon: Muon for the blocks' matrices, AdamW for the rest
     learning_rate: float = 1e-3  # peak learning rate (with muon: of the AdamW part)
@@ -108,6 +102,11 @@ class TrainConfig:
     min_lr: float = 1e-4  # learning rate at the end of the decay
     wsd_decay_fraction: float = 0.2  # wsd only: the share of the steps to lr_decay_iters spent decaying
 
+    @property
+    def tokens_per_iter(self) -> int:
+        """Training tokens per optimizer step, over all processes."""
+        return self.batch_size * self.block_size * self.gradient_accumulation_steps
+
 
 def validate(cfg: TrainConfig) -> None:
     """Check values before any work starts; report every problem at once."""
@@ -121,7 +120,7 @@ def validate(cfg: TrainConfig) -> None:
         if getattr(cfg, key) < 0:
             problems.append(f"'{key}' must be >= 0, got {getattr(cfg, key)}")
     # A run from a trained model takes its shape from the checkpoint: a mix of given and default shape keys is no
-    # model, and finetune.start_from reports a given key that differs from the checkpoint's.
+    # model, and finetune.from_checkpoint reports a given key that differs from the checkpoint's.
     from_checkpoint = cfg.init_from not in ("scratch", "resume")
     if cfg.n_head > 0 and cfg.n_embd % cfg.n_head != 0 and not from_checkpoint:
         problems.append(f"'n_embd' ({cfg.n_embd}) must be divisible by 'n_head' ({cfg.n_head}): "
@@ -130,17 +129,13 @@ def validate(cfg: TrainConfig) -> None:
             and (cfg.n_embd // cfg.n_head) % 2 and not from_checkpoint:
         problems.append(f"position_encoding 'rope' turns pairs of dimensions, so each head needs an even size: "
                         f"n_embd / n_head is {cfg.n_embd // cfg.n_head}")
-    if not 0 <= cfg.label_smoothing < 1:
-        problems.append(f"'label_smoothing' must be in [0, 1), got {cfg.label_smoothing}")
     if not 0 < cfg.wsd_decay_fraction <= 1:
         problems.append(f"'wsd_decay_fraction' must be in (0, 1], got {cfg.wsd_decay_fraction}")
-    if not 0 <= cfg.dropout < 1:
-        problems.append(f"'dropout' must be in [0, 1), got {cfg.dropout}")
     if not cfg.learning_rate > 0:
         problems.append(f"'learning_rate' must be > 0, got {cfg.learning_rate}")
     elif cfg.min_lr > cfg.learning_rate:
         problems.append(f"'min_lr' ({cfg.min_lr}) must not exceed 'learning_rate' ({cfg.learning_rate})")
-    for key in ("beta1", "beta2", "momentum", "ema"):
+    for key in ("dropout", "label_smoothing", "beta1", "beta2", "momentum", "ema"):
         if not 0 <= getattr(cfg, key) < 1:
             problems.append(f"'{key}' must be in [0, 1), got {getattr(cfg, key)}")
     if cfg.optimizer in ("sgd", "muon") and cfg.nesterov and cfg.momentum == 0:
@@ -150,9 +145,8 @@ def validate(cfg: TrainConfig) -> None:
         problems.append(f"'muon_learning_rate' must be > 0, got {cfg.muon_learning_rate}")
     if cfg.lr_decay_iters < -1:
         problems.append(f"'lr_decay_iters' must be >= 0, or -1 for max_iters; got {cfg.lr_decay_iters}")
-    device = cfg.device
-    if not (device in ("auto", "cpu", "cuda", "mps") or (device.startswith("cuda:") and device[5:].isdigit())):
-        problems.append(f"'device' must be auto, cpu, cuda, cuda:N or mps, got '{device}'")
+    if devices.parse_device(cfg.device) is None:
+        problems.append(f"'device' must be {devices.DEVICE_CHOICES}, got '{cfg.device}'")
     if cfg.freeze_layers < 0:
         problems.append(f"'freeze_layers' must be >= 0, got {cfg.freeze_layers}")
     elif cfg.freeze_layers and cfg.init_from == "scratch":
@@ -216,8 +210,8 @@ def get_lr(it: int, cfg: TrainConfig) -> float:
 def build(cfg: TrainConfig, vocab_size: int, device: str, fused: bool = True, weights: dict | None = None):
     """The model a run of cfg trains, on device, and its optimizer (fused AdamW, where PyTorch has it for the device:
     one kernel for all parameters). weights: a trained model's, to start from (its vocabulary may be smaller)."""
-    shape = {f.name: getattr(cfg, f.name) for f in fields(GPTConfig) if f.name != "vocab_size"}  # same names
-    model = GPT(GPTConfig(vocab_size=vocab_size, **shape)).to(device)
+    model_settings = {f.name: getattr(cfg, f.name) for f in fields(ModelConfig)}
+    model = GPT(GPTConfig(vocab_size=vocab_size, **model_settings)).to(device)
     if weights is not None:
         finetune.load_pretrained(model, weights)
     finetune.freeze(model, cfg.freeze_layers)  # before the optimizer, which then leaves the frozen weights out
@@ -227,29 +221,30 @@ def build(cfg: TrainConfig, vocab_size: int, device: str, fused: bool = True, we
     return model, optimizer
 
 
-def train_step(model, optimizer, scaler, autocast, train_data, batch_gen, cfg: TrainConfig, mine: range):
+def train_step(model, optimizer, scaler, autocast, train_data, batch_gen, cfg: TrainConfig, micro_steps: range):
     """One optimizer step: forward and backward over the step's micro-batches, then clip and step. Returns the last
     micro-batch's loss, as a tensor (reading it waits for the GPU).
 
-    mine: this process's micro-batches. Under torchrun every process draws all of them in turn from the same
-    generator and trains on its own share, so together they train on exactly the batches one process would."""
+    micro_steps: which of the gradient_accumulation_steps micro-batches this process trains on, all of them when it
+    is alone. Under torchrun every process draws every micro-batch from the same generator and trains on its share,
+    so that together they train on exactly the batches one process would."""
     device = next(model.parameters()).device  # batches go where the weights are
     if cfg.compile_mode != "default" and device.type == "cuda":  # compiled into CUDA graphs
         # A new step: the graphs may now reuse the memory of the last step's outputs (its loss was read if logged).
         torch.compiler.cudagraph_mark_step_begin()
-    for micro_step in range(cfg.gradient_accumulation_steps):
-        x, y = get_batch(train_data, cfg.block_size, cfg.batch_size, batch_gen, device)  # (B, T) each
-        if micro_step not in mine:
-            continue  # another process's micro-batch
-        # DDP averages the gradients over the processes in the backward of this process's last micro-batch only.
-        sync = not isinstance(model, DistributedDataParallel) or micro_step == mine[-1]
-        with nullcontext() if sync else model.no_sync():
+    batches = [get_batch(train_data, cfg.block_size, cfg.batch_size, batch_gen, device)
+               for _ in range(cfg.gradient_accumulation_steps)]
+    for micro_step in micro_steps:
+        x, y = batches[micro_step]  # (B, T) each
+        # Under torchrun, DDP averages the gradients over the processes in the backward of the last micro-batch.
+        last = micro_step == micro_steps[-1]
+        with model.no_sync() if isinstance(model, DistributedDataParallel) and not last else nullcontext():
             with autocast:
                 _, loss = model(x, y, label_smoothing=cfg.label_smoothing)
             # The L1 penalty joins the loss for the gradient only: the loss logged stays the cross-entropy.
-            objective = loss + cfg.l1 * l1_norm(weight_matrices(model)) if cfg.l1 > 0 else loss
+            objective = loss + cfg.l1 * l1_norm(model) if cfg.l1 > 0 else loss
             # Averaged over the micro-batches (and, by DDP, the processes): the gradient of one big batch.
-            scaler.scale(objective / len(mine)).backward()
+            scaler.scale(objective / len(micro_steps)).backward()
     if cfg.grad_clip > 0:
         scaler.unscale_(optimizer)  # clip the gradients themselves, not float16's scaled-up ones
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -259,199 +254,193 @@ def train_step(model, optimizer, scaler, autocast, train_data, batch_gen, cfg: T
     return loss
 
 
-def eval_sizes(cfg: TrainConfig) -> tuple[int, int]:
-    """(val tokens, train tokens) an evaluation reads at most; 0: the whole split."""
+# ----------------------------------------------------------------------------------------------------------------------
+# The evaluation
+
+def eval_splits(cfg: TrainConfig, train_data: torch.Tensor, val_data: torch.Tensor) -> dict:
+    """{split: (its ids, the tokens an evaluation reads of it at most; 0: all)}: val reads eval_tokens; train
+    eval_iters batches' worth, no more than eval_tokens."""
     train_tokens = cfg.eval_iters * cfg.batch_size * cfg.block_size
-    return cfg.eval_tokens, min(train_tokens, cfg.eval_tokens) if cfg.eval_tokens else train_tokens
+    train_tokens = min(train_tokens, cfg.eval_tokens) if cfg.eval_tokens else train_tokens
+    return {"val": (val_data, cfg.eval_tokens), "train": (train_data, train_tokens)}
 
 
-def evaluate(model, cfg: TrainConfig, train_data, val_data, autocast) -> dict:
-    """The loss and accuracies over the val split and the loss over the train split, each over at most eval_sizes'
-    tokens, in fixed windows spread over the split (evaluate.split_windows): every evaluation reads the same ones."""
-    device = next(model.parameters()).device
-    batch_size = eval_batch_size(cfg.batch_size, cfg.block_size, device.type)
-    val_tokens, train_tokens = eval_sizes(cfg)
+@torch.no_grad()
+def estimate_loss(model, splits: dict, cfg: TrainConfig, autocast) -> dict:
+    """The mean loss over each split of eval_splits, in fixed windows spread over it (evaluate.split_windows): every
+    evaluation reads the same ones. Returns "<split>_loss", "<split>_loss_tokens" (the targets it is over) and
+    "<split>_counts" (evaluate.prediction_counts: what accuracies and per-character F1 are drawn from)."""
+    device, out = next(model.parameters()).device, {}
     model.eval()
-    val = evaluate_split(model, val_data, cfg.block_size, batch_size, autocast, val_tokens, device)
-    train = evaluate_split(model, train_data, cfg.block_size, batch_size, autocast, train_tokens, device)
+    for split, (data, max_tokens) in splits.items():
+        loss_sum, counts, tokens = torch.zeros((), dtype=torch.float64, device=device), 0, 0
+        for x, y in eval_batches(data, cfg.block_size, cfg.batch_size, max_tokens, device):  # (B, T) each
+            with autocast:
+                logits, loss = model(x, y)  # (B, T, vocab_size); the mean loss over the B * T targets
+            loss_sum += loss.double() * y.numel()
+            counts = counts + prediction_counts(logits, y)  # (4, vocab_size)
+            tokens += y.numel()
+        out |= {f"{split}_loss": (loss_sum / tokens).item(), f"{split}_loss_tokens": tokens,
+                f"{split}_counts": counts.cpu()}
     model.train()
-    return {"val_loss": val["loss"], "val_acc": val["acc"], "val_top5": val["top5"], "char_counts": val["char_counts"],
-            "train_loss": train["loss"], "val_loss_tokens": val["tokens"], "train_loss_tokens": train["tokens"]}
+    return out
 
 
-def evaluate_once(model, cfg: TrainConfig, train_data, val_data, autocast) -> dict:
-    """eval_only (nanoGPT's key): the evaluation a run makes at its start, printed; nothing is written. With
-    init_from a run folder, it measures a trained model on any data: how much a fine-tuned model forgot."""
-    evaluation = evaluate(model, cfg, train_data, val_data, autocast)
-    print(f"{cfg.data_dir}: val loss {evaluation['val_loss']:.4f}, train loss {evaluation['train_loss']:.4f}, "
-          f"val accuracy {evaluation['val_acc']:.1%} (eval_only: nothing written)")
-    return {key: evaluation[key] for key in ("val_loss", "train_loss", "val_acc", "val_top5")}
-
-
-def check_finite(what: str, value: float, iter_num: int, lr: float, out_dir, best_iter) -> None:
+def check_finite(losses: dict, state: RunState, lr: float, out_dir: Path) -> None:
     """Stop a diverged run with one line, before it could save over a checkpoint."""
-    if not math.isfinite(value):
-        kept = f"{out_dir / 'best.pt'} still holds iter {best_iter}'s weights" if best_iter else \
-            "no checkpoint was written"
-        raise UsageError(f"the {what} became {value} at iter {iter_num} (learning rate {lr:.3g}): training "
-                         f"diverged. Lower learning_rate or raise warmup_iters; {kept}")
+    for what, value in losses.items():
+        if not math.isfinite(value):
+            kept = f"{out_dir / 'best.pt'} still holds iter {state.best_iter}'s weights" if state.best_iter else \
+                "no checkpoint was written"
+            raise UsageError(f"the {what.replace('_', ' ')} became {value} at iter {state.iter_num} (learning rate "
+                             f"{lr:.3g}): training diverged. Lower learning_rate or raise warmup_iters; {kept}")
 
 
 # ----------------------------------------------------------------------------------------------------------------------
 # The run
 
 def main(argv=None):
-    return run_command(train, argv, __doc__, TrainConfig)
+    return run_command(run, argv, __doc__, TrainConfig)
 
 
-def train(argv=None) -> dict | None:
-    """One run, alone or in each process torchrun started: the setup, then the loop. Returns summary.json's content
-    (None on ranks other than 0)."""
+def run(argv=None) -> dict | None:
+    """One run, alone or in each process torchrun started: the setup, the loop, the ending. Returns summary.json's
+    content (eval_only: the evaluation; None on ranks other than 0)."""
+    # ---------------------------------------------------------------------------------------------------- setup
     given = set()
     cfg = load_config(argv, given)
-    # From a run folder, or resuming a run that started from one, the model's shape comes from its checkpoint.
-    cfg, start = finetune.start_from(cfg, given)
-    # One run at a time in an out_dir: rank 0 holds its lock until the run ends, however it ends (eval_only writes
-    # nothing there).
-    with devices.processes(cfg.device, cfg.gradient_accumulation_steps) as ranks, \
-            lock_folder(cfg.out_dir) if ranks.master and not cfg.eval_only else nullcontext():
-        device, out_dir = ranks.device, Path(cfg.out_dir) if cfg.eval_only else ensure_dir(cfg.out_dir)
+    # From a trained run's folder, or resuming a run that started from one, the model's shape is its checkpoint's.
+    cfg, pretrained = finetune.from_checkpoint(cfg, given)
+    prepare_if_missing(cfg.data_dir)  # Tiny Shakespeare, on a fresh clone
+    with ExitStack() as held:  # what the run holds until it ends, however it ends
+        ranks = held.enter_context(devices.processes(cfg.device, cfg.gradient_accumulation_steps))
+        device, out_dir = ranks.device, Path(cfg.out_dir)
+        if ranks.master and not cfg.eval_only:
+            held.enter_context(lock_folder(out_dir))  # one run at a time in an out_dir, until this one ends
         dtype, compiled = devices.resolve_dtype(cfg.dtype, device), devices.resolve_compile(cfg.compile, device)
         vocab, train_data, val_data, data_info = load_data(cfg.data_dir, device, cfg.block_size)
         # A trained model keeps its vocabulary, grown by the characters of the data it never saw; the data's ids are
         # mapped onto it (unchanged for a run from scratch).
-        model_vocab, started_from = finetune.model_vocab(start, vocab, cfg.freeze_layers)
+        model_vocab, started_from = finetune.model_vocab(pretrained, vocab, cfg.freeze_layers)
         train_data, val_data = remap_ids(train_data, vocab, model_vocab), remap_ids(val_data, vocab, model_vocab)
-        # The model, its optimizer and the precision it trains in; the seeds, and the batch sampler's generator.
+        splits = eval_splits(cfg, train_data, val_data)
+        # The seeds, the batch sampler's generator, the model, its optimizer and the precision it trains in.
         batch_gen = devices.seed_everything(cfg.seed, str(train_data.device))  # on the device the data is kept on
-        raw_model, optimizer = build(cfg, len(model_vocab), device, weights=start.weights if start else None)
+        model, optimizer = build(cfg, len(model_vocab), device, weights=pretrained.weights if pretrained else None)
         autocast, scaler = devices.mixed_precision(device, dtype)
-        state, ema_weights = RunState(), None
+        state, ema_weights, resumed_at = RunState(), None, None
         if cfg.init_from == "resume":  # refused for a checkpoint of another shape, vocabulary, data or optimizer
-            state, ema_weights = resume(out_dir, asdict(cfg), vocab, data_info, raw_model, optimizer, scaler,
-                                        batch_gen, announce=ranks.master)
+            state, ema_weights = resume(out_dir, asdict(cfg), vocab, data_info, model, optimizer, scaler, batch_gen,
+                                        announce=ranks.master)
+            resumed_at = state.iter_num  # its evaluation there is logged already
         if ranks.rank > 0:
             # Each process needs its own dropout masks. A checkpoint holds rank 0's generators only, so the others
             # reseed from their rank and the step: a resumed run goes on deterministically, not bit for bit.
             torch.manual_seed(cfg.seed + ranks.rank + ranks.world_size * state.iter_num)
         # With ema, the weights evaluated and saved are an average of the trained ones. Only rank 0 evaluates.
-        ema_model = ema_copy(raw_model, ema_weights) if cfg.ema > 0 and ranks.master else None
-        model = torch.compile(raw_model, mode=cfg.compile_mode) if compiled else raw_model
-        eval_model = model if ema_model is None else \
-            torch.compile(ema_model, mode=cfg.compile_mode) if compiled else ema_model
-        model = ranks.wrap(model)  # DDP under torchrun; evaluation goes around it, as DDP's forward syncs processes
-        if cfg.eval_only:
-            return evaluate_once(eval_model, cfg, train_data, val_data, autocast) \
-                if ranks.master else None
-
-        # What the run records: its resolved config, and what its checkpoints describe themselves with.
+        ema_model = ema_copy(model, ema_weights) if cfg.ema > 0 and ranks.master else None
+        eval_model = model if ema_model is None else ema_model
+        for module in {model, eval_model} if compiled else ():  # the one trained and the one evaluated, if another
+            module.compile(mode=cfg.compile_mode)  # in place: its state_dict keeps its keys
+        if cfg.eval_only:  # nanoGPT's key: evaluate once, print, write nothing
+            return evaluate_once(eval_model, splits, cfg, autocast) if ranks.master else None
+        # What the run records, and what its checkpoints describe themselves with.
         config = asdict(cfg) | {"device": device, "dtype": dtype, "compile": compiled}
-        about = {"model_config": asdict(raw_model.config), "train_config": config, "vocab": model_vocab,
+        about = {"model_config": asdict(model.config), "train_config": config, "vocab": model_vocab,
                  "data": data_info, "started_from": started_from}
-        sources = Sources(about, raw_model if ema_model is None else ema_model, raw_model, optimizer, scaler,
-                          batch_gen)
-        resumed_at = state.iter_num if cfg.init_from == "resume" else None
         if ranks.master:
-            info = runlog.run_info(argv, device, ranks.world_size, raw_model.num_params(), resumed_at, started_from)
-            runlog.start(out_dir, config, info, resumed_at, cfg.overwrite)
-            print(describe_reads(val_data, train_data, cfg.block_size, *eval_sizes(cfg)))
-        with trackers(config, out_dir, on=ranks.master) as track:  # wandb, tensorboard: those switched on
-            return train_loop(cfg, argv, ranks, state, model, eval_model, ema_model, optimizer, scaler, autocast,
-                              train_data, val_data, batch_gen, sources, track)
+            info = runlog.run_info(argv, device, ranks.world_size, model.num_params(), resumed_at, started_from)
+            runlog.start(out_dir, config, info, resumed_at, cfg.tokens_per_iter, cfg.overwrite)
+            print(describe_reads(splits, cfg.block_size))
+        track = held.enter_context(trackers(config, out_dir, on=ranks.master))  # wandb, tensorboard: those on
+        stop = held.enter_context(devices.StopRequest(announce=ranks.master))  # Ctrl-C, SIGTERM
+        bar = held.enter_context(tqdm(total=cfg.max_iters, initial=state.iter_num, desc=out_dir.name, unit="it",
+                                      dynamic_ncols=True, disable=not ranks.master))
+        step_model = ranks.wrap(model)  # DDP under torchrun; evaluation goes around it, as DDP's forward syncs
+        micro_steps = ranks.micro_steps(cfg.gradient_accumulation_steps)  # this process's: all of them, alone
 
-
-def train_loop(cfg: TrainConfig, argv, ranks, state: RunState, model, eval_model, ema_model, optimizer, scaler,
-               autocast, train_data, val_data, batch_gen, sources: Sources, track: list) -> dict | None:
-    """The training loop. Each pass: evaluate, log and checkpoint when due; stop when due; set the learning rate;
-    take one optimizer step; now and then, log the loss. Then the run's ending (finish)."""
-    out_dir = Path(cfg.out_dir)
-    tokens_per_iter = cfg.batch_size * cfg.block_size * cfg.gradient_accumulation_steps  # over all processes
-    resumed_at = state.iter_num if cfg.init_from == "resume" else None  # its evaluation is logged already
-    started, elapsed_before, tokens_before = time.perf_counter(), state.elapsed_s, state.tokens_seen
-    last_log, status, evaluation = (started, state.iter_num), "finished", None
-    with devices.StopRequest(announce=ranks.master) as stop, \
-            tqdm(total=cfg.max_iters, initial=state.iter_num, desc=out_dir.name, unit="it", dynamic_ncols=True,
-                 disable=not ranks.master) as bar:
+        # ----------------------------------------------------------------------------------------------------- loop
+        t0, elapsed_before, tokens_before = time.perf_counter(), state.elapsed_s, state.tokens_seen
+        status, evaluation, last_log = "finished", None, (t0, state.iter_num)
         while True:
             last_step = state.iter_num >= cfg.max_iters
-            state.elapsed_s = elapsed_before + time.perf_counter() - started
+            state.elapsed_s = elapsed_before + time.perf_counter() - t0
             # evaluate, log and checkpoint when due
             due = state.iter_num % cfg.eval_interval == 0 and (state.iter_num > 0 or cfg.eval_at_start)
             if (due or last_step) and state.iter_num != resumed_at:
-                # Only rank 0 evaluates; the others wait for its losses, so that every process decides alike.
-                evaluation = evaluate(eval_model, cfg, train_data, val_data, autocast) \
-                    if ranks.master else {}
-                val_loss, train_loss = ranks.from_master(evaluation, ("val_loss", "train_loss"))
+                evaluation = estimate_loss(eval_model, splits, cfg, autocast) if ranks.master else None
+                losses = ranks.from_master(evaluation, ("val_loss", "train_loss"))  # so that all decide alike
                 lr = get_lr(max(state.iter_num - 1, 0), cfg)  # the rate of the step just taken
-                check_finite("val loss", val_loss, state.iter_num, lr, out_dir, state.best_iter)
-                check_finite("train loss", train_loss, state.iter_num, lr, out_dir, state.best_iter)
-                improved = state.record_eval(val_loss)
+                check_finite(losses, state, lr, out_dir)
+                improved = state.record_eval(losses["val_loss"])
                 if ranks.master:
-                    record = runlog.log_evaluation(out_dir, state, evaluation, lr, improved)
-                    for tracker in track:
-                        tracker.log(record)
+                    runlog.log_evaluation(out_dir, state, evaluation, lr, improved, track)
                     if state.iter_num > 0 and improved:
-                        save(out_dir / "best.pt", state, sources, resumable=False)
+                        save(out_dir / "best.pt", about, state, eval_model)
                     if state.iter_num > 0 and (improved or cfg.always_save_checkpoint):
-                        save(out_dir / "ckpt.pt", state, sources)
+                        save(out_dir / "ckpt.pt", about, state, eval_model, model, optimizer, scaler, batch_gen)
                 if 0 < cfg.early_stop_patience <= state.evals_since_best and not last_step:
                     status = "early_stopped"
             if last_step:
                 break
-            # stop early, or when asked to (Ctrl-C, SIGTERM); under torchrun all processes agree on stopping, a
-            # round trip between them, so only once per log_interval
+            # stop early, or when asked to (under torchrun all agree: a round trip, so once per log_interval)
             if status == "finished" and ranks.any(stop.requested, check_now=state.iter_num % cfg.log_interval == 0):
                 status = "interrupted"
             if status != "finished":
                 if ranks.master:
-                    save(out_dir / "ckpt.pt", state, sources)
+                    save(out_dir / "ckpt.pt", about, state, eval_model, model, optimizer, scaler, batch_gen)
                 break
 
-            # set the learning rate, and take one step
+            # set the learning rate (each parameter group scales it: Muon's matrices have their own peak), and step
             lr = get_lr(state.iter_num, cfg)
-            set_lr(optimizer, lr)
-            loss = train_step(model, optimizer, scaler, autocast, train_data, batch_gen, cfg,
-                              ranks.micro_steps(cfg.gradient_accumulation_steps))
+            for group in optimizer.param_groups:
+                group["lr"] = lr * group["lr_scale"]
+            loss = train_step(step_model, optimizer, scaler, autocast, train_data, batch_gen, cfg, micro_steps)
             if ema_model is not None:
                 update_ema(ema_model, model, cfg.ema, state.iter_num)
             state.iter_num += 1
-            state.tokens_seen += tokens_per_iter
+            state.tokens_seen += cfg.tokens_per_iter
 
             # log: reading the loss waits for the GPU, so only every log_interval steps
             if state.iter_num % cfg.log_interval == 0 or state.iter_num == cfg.max_iters:
                 loss_value = ranks.mean(loss.item())  # a NaN on any process reaches all, so that all stop
-                check_finite("training loss", loss_value, state.iter_num, lr, out_dir, state.best_iter)
+                check_finite({"training_loss": loss_value}, state, lr, out_dir)
                 now = time.perf_counter()
-                rate = (state.iter_num - last_log[1]) * tokens_per_iter / max(now - last_log[0], 1e-9)
+                rate = (state.iter_num - last_log[1]) * cfg.tokens_per_iter / max(now - last_log[0], 1e-9)
                 last_log = (now, state.iter_num)
                 bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}", tok_s=f"{rate:,.0f}", refresh=False)
                 bar.update(state.iter_num - bar.n)
-    state.elapsed_s = elapsed_before + time.perf_counter() - started
-    if evaluation is None and ranks.master:  # resumed at the very end: nothing was evaluated in this process
-        evaluation = evaluate(eval_model, cfg, train_data, val_data, autocast)
-    tokens_per_s = (state.tokens_seen - tokens_before) / max(time.perf_counter() - started, 1e-9)
-    return finish(cfg, argv, ranks, state, status, evaluation, sources.train_model.num_params(), tokens_per_s)
+
+        # --------------------------------------------------------------------------------------------------- ending
+        bar.close()
+        state.elapsed_s = elapsed_before + time.perf_counter() - t0
+        if status == "interrupted":  # ckpt.pt holds the last complete step
+            if ranks.master:
+                print(f"stopped at iter {state.iter_num}; saved {out_dir / 'ckpt.pt'}. Resume with: "
+                      f"{runlog.resume_command(argv, ranks.ddp)}")
+            ranks.barrier()  # torchrun ends every process once one exits with an error: none may before rank 0 saved
+            raise SystemExit(130)
+        if not ranks.master:
+            return None
+        if evaluation is None:  # resumed at the very end: nothing was evaluated in this process
+            evaluation = estimate_loss(eval_model, splits, cfg, autocast)
+        if status == "early_stopped":
+            print(f"early stop: no better val loss in {state.evals_since_best} evaluations (best "
+                  f"{state.best_val_loss:.4f} at iter {state.best_iter})")
+        tokens_per_s = (state.tokens_seen - tokens_before) / max(time.perf_counter() - t0, 1e-9)
+        return runlog.finish(out_dir, status, classification_metrics(evaluation["val_counts"]), model.num_params(),
+                             cfg.max_iters, state.elapsed_s, tokens_per_s)
 
 
-def finish(cfg: TrainConfig, argv, ranks, state: RunState, status: str, evaluation: dict | None, params: int,
-           tokens_per_s: float) -> dict | None:
-    """An interrupted run says how to resume it and exits with status 130; a finished one writes summary.json."""
-    out_dir = Path(cfg.out_dir)
-    if status == "interrupted":
-        if ranks.master:
-            launcher = "torchrun <the same torchrun options> train.py" if ranks.ddp else "python train.py"
-            args = [a for a in (sys.argv[1:] if argv is None else argv) if "init_from" not in a]
-            print(f"stopped at iter {state.iter_num}; saved {out_dir / 'ckpt.pt'}. Resume with: {launcher} "
-                  f"{' '.join(args)} --init_from=resume")
-        ranks.barrier()  # torchrun ends every process once one exits with an error: none may go before rank 0 saved
-        raise SystemExit(130)
-    if not ranks.master:
-        return None
-    if status == "early_stopped":
-        print(f"early stop: no better val loss in {state.evals_since_best} evaluations (best "
-              f"{state.best_val_loss:.4f} at iter {state.best_iter})")
-    return runlog.finish(out_dir, status, classification_metrics(evaluation["char_counts"]), params, cfg.max_iters,
-                         state.elapsed_s, tokens_per_s)
+def evaluate_once(model, splits: dict, cfg: TrainConfig, autocast) -> dict:
+    """eval_only: the evaluation a run makes at its start, printed; nothing is written. With init_from a run folder,
+    it measures a trained model on any data: how much a fine-tuned model forgot."""
+    evaluation = estimate_loss(model, splits, cfg, autocast)
+    val_acc, val_top5 = accuracies(evaluation["val_counts"])
+    print(f"{cfg.data_dir}: val loss {evaluation['val_loss']:.4f}, train loss {evaluation['train_loss']:.4f}, "
+          f"val accuracy {val_acc:.1%} (eval_only: nothing written)")
+    return {"val_loss": evaluation["val_loss"], "train_loss": evaluation["train_loss"], "val_acc": val_acc,
+            "val_top5": val_top5}
 
 
 if __name__ == "__main__":

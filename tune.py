@@ -32,7 +32,8 @@ from tqdm import tqdm
 from configurator import REPO_ROOT, UsageError, as_args, build_config, parse_args, run_command, split_options
 from files import folder_in_use, lock_folder, write_atomic
 from plot import plot_runs
-from runlog import fmt, markdown_table, read_config, read_summary
+from runlog import read_config, read_summary
+from tables import fmt, markdown_table
 from train import TrainConfig
 
 TRAIN_SCRIPT = REPO_ROOT / "train.py"
@@ -78,17 +79,6 @@ def read_grid_specs(specs: list[str]) -> tuple[dict[str, list[str]], list[str]]:
         else:
             grid[key] = list(dict.fromkeys(values))  # a value listed twice would be the same trial twice
     return grid, problems
-
-
-def parse_grid(specs: list[str]) -> dict[str, list[str]]:
-    """['lr=1e-3,2e-3', 'n_layer=2,3'] -> {'lr': ['1e-3', '2e-3'], 'n_layer': ['2', '3']}; values stay text.
-
-    Raises UsageError naming every malformed spec. Keys are read as on the command line (dashes become underscores).
-    """
-    grid, problems = read_grid_specs(specs)
-    if problems:
-        raise UsageError(problems)
-    return grid
 
 
 def convert_grid(grid: dict[str, list[str]], defaults_cls=TrainConfig) -> dict[str, list]:

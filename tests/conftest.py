@@ -1,6 +1,7 @@
 """Shared fixtures: a tiny prepared dataset and a tiny trained run, built once per test session (seconds on a CPU)."""
 
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,17 @@ def tiny_train_args(data_dir, out_dir, **overrides):
                     log_interval=5, dropout=0.1, warmup_iters=5, learning_rate=3e-3, min_lr=3e-4)
     settings.update(overrides)
     return [f"--{k}={v}" for k, v in settings.items()]
+
+
+def evaluate_on(model, ids, block_size: int, batch_size: int = 8, max_tokens: int = 120_000) -> dict:
+    """train.py's evaluation of model over ids, read as a val split: val_loss, val_loss_tokens and val_counts."""
+    cfg = train.TrainConfig(block_size=block_size, batch_size=batch_size)
+    return train.estimate_loss(model, {"val": (ids, max_tokens)}, cfg, nullcontext())
+
+
+def build_vocab(text: str) -> list[str]:
+    """The vocabulary prepare_shakespeare.py writes for text: its distinct characters, sorted by code point."""
+    return sorted(set(text))
 
 
 class RunsCodeWhenUnpickled:

@@ -1,4 +1,5 @@
-"""bench.py runs each of its benchmarks on a tiny config and reports a row per run; no test here asserts a time."""
+"""bench.py runs each of its benchmarks on a tiny config and reports a row per run, and finds a GPU's peak for MFU by
+its name; no test here asserts a time."""
 
 import pytest
 
@@ -16,6 +17,25 @@ def tiny_config(tmp_path, data_dir, **settings) -> str:
 
 def table_rows(report: str) -> list[list[str]]:
     return [[cell.strip() for cell in line.strip("|").split("|")] for line in report.splitlines()[2:]]
+
+
+@pytest.mark.parametrize("name, dtype, tf32, expected", [
+    ("NVIDIA H100 80GB HBM3", "bfloat16", True, (989e12, "H100 SXM dense bfloat16 989 TFLOP/s")),
+    ("NVIDIA H100 PCIe", "bfloat16", True, (756e12, "H100 PCIe dense bfloat16 756 TFLOP/s")),
+    ("NVIDIA H100 NVL", "float16", True, (835e12, "H100 NVL dense float16 835 TFLOP/s")),
+    ("NVIDIA H200", "bfloat16", True, (989e12, "H200 SXM dense bfloat16 989 TFLOP/s")),
+    ("NVIDIA A100-SXM4-80GB", "float32", True, (156e12, "A100 dense TF32 156 TFLOP/s")),
+    ("NVIDIA A100 80GB PCIe", "float32", False, (19.5e12, "A100 FP32 19.5 TFLOP/s")),
+    ("NVIDIA L4", "bfloat16", True, (121e12, "L4 dense bfloat16 121 TFLOP/s")),
+    ("NVIDIA L40S", "bfloat16", True, (362e12, "L40S dense bfloat16 362 TFLOP/s")),
+    ("NVIDIA GeForce RTX 4090", "bfloat16", True, (165e12, "RTX 4090 dense bfloat16 165 TFLOP/s")),
+    ("Tesla T4", "float32", True, (8.1e12, "T4 FP32 8.1 TFLOP/s")),  # no TF32 on a T4
+    ("NVIDIA L40", "bfloat16", True, None),  # not in the table: no guess from a near name
+    ("NVIDIA A10G", "bfloat16", True, None),
+    ("NVIDIA GH200 480GB", "bfloat16", True, None),
+])
+def test_the_peak_for_mfu_is_looked_up_by_the_gpu_name_and_the_arithmetic(name, dtype, tf32, expected):
+    assert bench.gpu_peak_flops(name, dtype, tf32) == expected
 
 
 def test_step_timing_with_compare_gives_a_fast_and_an_off_row(tiny_data, tmp_path):

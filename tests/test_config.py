@@ -1,3 +1,4 @@
+import ast
 import dataclasses
 import importlib
 import subprocess
@@ -103,6 +104,32 @@ def test_every_shipped_config_loads_and_validates(path):
         assert cfg.out_dir.startswith("out/") and cfg.out_dir != TrainConfig().out_dir
 
 
+def config_imports(path) -> list[str]:
+    """The names of the configs that a config file imports, however it spells the import."""
+    modules = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            modules += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module == "config":
+            modules += [f"config.{alias.name}" for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            modules.append(node.module)
+    return [module.removeprefix("config.") for module in modules if module.startswith("config.")]
+
+
+def test_a_config_builds_on_at_most_one_that_stands_alone():
+    """Every recipe reads in one file, or two: a config imports at most one other config, and that one imports none."""
+    imports = {path.stem: config_imports(path) for path in (REPO / "config").glob("*.py") if path.stem != "__init__"}
+    assert "cpu" in imports and "baseline" in imports
+    unknown = {name: bases for name, bases in imports.items() if not set(bases) <= set(imports)}
+    several = {name: bases for name, bases in imports.items() if len(bases) > 1}
+    too_deep = {name: (bases[0], imports[bases[0]]) for name, bases in imports.items()
+                if len(bases) == 1 and imports.get(bases[0])}
+    assert not unknown, f"configs that import a missing config: {unknown}"
+    assert not several, f"configs that import more than one config: {several}"
+    assert not too_deep, f"configs that build on a config which itself builds on another: {too_deep}"
+
+
 def test_cli_mistake_is_one_line_without_traceback():
     result = subprocess.run([sys.executable, "train.py", "config/baseline.py", "--n_layers=3"], cwd=REPO,
                             capture_output=True, text=True, timeout=120)
@@ -120,8 +147,37 @@ def test_readme_tables_say_what_help_says(cls):
     assert all(f"--{name}={default}" in help_text(cls) for name, default, _ in describe(cls))
 
 
-@pytest.mark.parametrize("script", ["train", "sample", "prepare_shakespeare", "plot", "compare", "tune", "bench",
-                                    "export"])
+SCRIPTS = sorted(path.stem for path in REPO.glob("*.py") if "\ndef main(" in path.read_text(encoding="utf-8"))
+
+
+def test_the_scripts_are_found():
+    assert {"train", "sample", "prepare_shakespeare", "plot", "compare", "tune", "bench", "export"} <= set(SCRIPTS)
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_every_scripts_help_fits_a_120_column_terminal(script, capsys):
+    assert importlib.import_module(script).main(["--help"]) is None
+    lines = capsys.readouterr().out.splitlines()
+    too_wide = [f"{len(line)}: {line}" for line in lines if len(line) > 120]
+    assert any(line.strip() for line in lines), "--help printed nothing"
+    assert not too_wide, "lines of --help wider than 120 columns:\n" + "\n".join(too_wide)
+
+
+@dataclasses.dataclass
+class LongOptions:
+    url: str = "https://example.com/" + "a" * 60  # where to download it from
+    n: int = 1  # a meaning too long for one line: it goes on about this small setting, past the terminal's edge
+
+
+def test_help_puts_a_long_default_on_its_own_line_and_wraps_long_meanings():
+    lines = help_text(LongOptions, columns=80).splitlines()
+    assert lines[0] == f"  --url={LongOptions.url}"
+    assert lines[1] == " " * 9 + "where to download it from"
+    assert lines[2].startswith("  --n=1  a meaning too long") and lines[3] == " " * 9 + "past the terminal's edge"
+    assert len(lines) == 4 and all(len(line) <= 80 for line in lines[1:])
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
 def test_every_script_has_the_same_help(script, capsys):
     """One command-line convention: --help prints the script's docstring and each option as --key=default."""
     module = importlib.import_module(script)

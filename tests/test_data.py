@@ -13,9 +13,9 @@ import data
 import evaluate
 import prepare_shakespeare
 import train
-from conftest import SHAKESPEARE, tiny_train_args
+from conftest import SHAKESPEARE, build_vocab, tiny_train_args
 from configurator import UsageError
-from data import build_vocab, decode, encode, load_data
+from data import decode, encode, load_data
 from evaluate import eval_token_count, window_starts
 
 

@@ -1,5 +1,5 @@
-"""The choices devices.py makes for a device it may not have here: peaks for MFU by GPU name, and Apple's GPU (mps),
-whose choices follow PyTorch's rules for it. mps is untested on real hardware: these tests check the decisions."""
+"""The choices devices.py makes for a device it may not have here: Apple's GPU (mps), whose choices follow PyTorch's
+rules for it. mps is untested on real hardware: these tests check the decisions."""
 
 import pytest
 import torch
@@ -7,25 +7,6 @@ import torch
 import devices
 import train
 from configurator import UsageError
-
-
-@pytest.mark.parametrize("name, dtype, tf32, expected", [
-    ("NVIDIA H100 80GB HBM3", "bfloat16", True, (989e12, "H100 SXM dense bfloat16 989 TFLOP/s")),
-    ("NVIDIA H100 PCIe", "bfloat16", True, (756e12, "H100 PCIe dense bfloat16 756 TFLOP/s")),
-    ("NVIDIA H100 NVL", "float16", True, (835e12, "H100 NVL dense float16 835 TFLOP/s")),
-    ("NVIDIA H200", "bfloat16", True, (989e12, "H200 SXM dense bfloat16 989 TFLOP/s")),
-    ("NVIDIA A100-SXM4-80GB", "float32", True, (156e12, "A100 dense TF32 156 TFLOP/s")),
-    ("NVIDIA A100 80GB PCIe", "float32", False, (19.5e12, "A100 FP32 19.5 TFLOP/s")),
-    ("NVIDIA L4", "bfloat16", True, (121e12, "L4 dense bfloat16 121 TFLOP/s")),
-    ("NVIDIA L40S", "bfloat16", True, (362e12, "L40S dense bfloat16 362 TFLOP/s")),
-    ("NVIDIA GeForce RTX 4090", "bfloat16", True, (165e12, "RTX 4090 dense bfloat16 165 TFLOP/s")),
-    ("Tesla T4", "float32", True, (8.1e12, "T4 FP32 8.1 TFLOP/s")),  # no TF32 on a T4
-    ("NVIDIA L40", "bfloat16", True, None),  # not in the table: no guess from a near name
-    ("NVIDIA A10G", "bfloat16", True, None),
-    ("NVIDIA GH200 480GB", "bfloat16", True, None),
-])
-def test_the_peak_for_mfu_is_looked_up_by_the_gpu_name_and_the_arithmetic(name, dtype, tf32, expected):
-    assert devices.gpu_peak_flops(name, dtype, tf32) == expected
 
 
 @pytest.fixture

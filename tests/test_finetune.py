@@ -2,7 +2,6 @@
 frozen layers, eval_only, nanoGPT runs as sources, and resuming a fine-tuning run."""
 
 import json
-from contextlib import nullcontext
 
 import numpy as np
 import pytest
@@ -13,10 +12,10 @@ import finetune
 import prepare_shakespeare
 import sample
 import train
-from checkpoint import MODEL_SHAPE_KEYS, load_checkpoint, load_model
-from conftest import SHAKESPEARE, tiny_train_args
+from checkpoint import load_checkpoint, load_model
+from conftest import SHAKESPEARE, evaluate_on, tiny_train_args
 from data import decode, encode, load_meta, remap_ids
-from evaluate import eval_batch_size, evaluate_split
+from model import SHAPE_KEYS
 from test_nanogpt_compat import nanogpt_model_for, write_nanogpt_run
 
 NEW_CHARACTERS = "Zoë ✓ ∑"
@@ -25,7 +24,7 @@ NEW_CHARACTERS = "Zoë ✓ ∑"
 def finetune_args(data_dir, out_dir, source, **overrides):
     """tiny_train_args for a run from source, without the shape keys (they come from its checkpoint) unless given."""
     args = tiny_train_args(data_dir, out_dir, init_from=source, **overrides)
-    return [a for a in args if a[2:].split("=")[0] not in MODEL_SHAPE_KEYS or a[2:].split("=")[0] in overrides]
+    return [a for a in args if a[2:].split("=")[0] not in SHAPE_KEYS or a[2:].split("=")[0] in overrides]
 
 
 def read_metrics(out_dir):
@@ -59,8 +58,7 @@ def val_loss_of(model, vocab, data_dir, block_size=16, batch_size=8) -> float:
     meta = load_meta(data_dir)
     text = decode(np.fromfile(data_dir / "val.bin", dtype=np.uint16).tolist(), meta["vocab"])
     ids = torch.tensor(encode(text, vocab))
-    return evaluate_split(model.eval(), ids, block_size, eval_batch_size(batch_size, block_size, "cpu"),
-                          nullcontext(), max_tokens=120_000)["loss"]
+    return evaluate_on(model.eval(), ids, block_size, batch_size)["val_loss"]
 
 
 def test_the_first_evaluation_is_the_source_models_val_loss_on_the_new_data(tiny_run, known_data, tmp_path):
@@ -88,13 +86,14 @@ def test_new_characters_get_new_ids_and_old_ones_keep_their_weights(tiny_data, n
     source = tmp_path / "untied"
     train.main(tiny_train_args(tiny_data, source, tie_weights="false", max_iters=10))
     given = set()
-    cfg, start = finetune.start_from(train.load_config(finetune_args(new_data, tmp_path / "ft", source), given), given)
+    cfg, pretrained = finetune.from_checkpoint(train.load_config(finetune_args(new_data, tmp_path / "ft", source),
+                                                                 given), given)
     data_vocab = load_meta(new_data)["vocab"]
-    vocab, started_from = finetune.model_vocab(start, data_vocab, cfg.freeze_layers)
+    vocab, started_from = finetune.model_vocab(pretrained, data_vocab, cfg.freeze_layers)
     old = load_checkpoint(source / "best.pt")
     added = sorted(set(NEW_CHARACTERS) - set(old["vocab"]))
     assert vocab == old["vocab"] + added and started_from["added_characters"] == added
-    model, _ = train.build(cfg, len(vocab), "cpu", weights=start.weights)
+    model, _ = train.build(cfg, len(vocab), "cpu", weights=pretrained.weights)
     weights = model.state_dict()
     assert weights.keys() == old["model"].keys()
     for name, tensor in old["model"].items():
@@ -124,7 +123,7 @@ def test_a_key_that_would_change_the_shape_is_refused_and_the_rest_are_the_new_r
     assert not (tmp_path / "ft").exists()
     given = set()
     cfg = train.load_config(finetune_args(known_data, tmp_path / "ft", tiny_run, n_layer=1, dropout=0.3), given)
-    cfg, _ = finetune.start_from(cfg, given)
+    cfg, _ = finetune.from_checkpoint(cfg, given)
     assert (cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.block_size, cfg.dropout) == (1, 2, 32, 16, 0.3)
 
 

@@ -1,4 +1,3 @@
-import contextlib
 import json
 import shutil
 import subprocess
@@ -10,9 +9,8 @@ import torch
 
 import optim
 import train
-from conftest import tiny_train_args
+from conftest import evaluate_on, tiny_train_args
 from data import load_data
-from evaluate import evaluate_split
 from model import GPT, GPTConfig
 from optim import Muon, l1_norm, make_optimizer, orthogonalize, update_ema
 
@@ -124,8 +122,8 @@ def test_l1_penalty_pulls_weights_to_zero(tiny_data, tmp_path):
     assert l1_of(sparse) < 0.8 * l1_of(plain)
     # The logged losses are the cross-entropy, without the penalty (about 1e-3 * 300 here).
     assert read_metrics(sparse)[-1]["train_loss"] < read_metrics(plain)[0]["train_loss"] - 0.5
-    matrices = [torch.ones(2, 3), -torch.ones(4, 1)]
-    assert l1_norm(matrices).item() == 10.0
+    weights = torch.nn.ParameterList([torch.ones(2, 3), -torch.ones(4, 1), torch.ones(5)])  # the vector is no matrix
+    assert l1_norm(weights).item() == 10.0
 
 
 def test_ema_follows_the_weights_with_its_decay():
@@ -151,7 +149,7 @@ def test_ema_is_evaluated_saved_and_resumed(tiny_data, tmp_path):
     model = GPT(GPTConfig(**best["model_config"])).eval()
     model.load_state_dict(best["model"])
     val = load_data(tiny_data, "cpu", 16)[2]
-    loss = evaluate_split(model, val, 16, 64, contextlib.nullcontext())["loss"]
+    loss = evaluate_on(model, val, 16, 64)["val_loss"]
     assert loss == pytest.approx(summary["best_val_loss"], abs=1e-5)
 
     train.main(tiny_train_args(tiny_data, halves, max_iters=20, lr_decay_iters=40, eval_interval=10, ema=0.9))

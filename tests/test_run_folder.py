@@ -8,6 +8,7 @@ import sys
 import time
 
 import pytest
+import torch
 
 import files
 import runlog
@@ -122,7 +123,7 @@ def test_a_failed_write_of_metrics_jsonl_leaves_its_old_lines_whole(tiny_run, tm
     def disk_fails(fd):
         raise OSError(5, "Input/output error")
     monkeypatch.setattr(os, "fsync", disk_fails)
-    evaluation = {"val_loss": 2.0, "train_loss": 2.0, "val_acc": 0.3, "val_top5": 0.7, "val_loss_tokens": 100,
+    evaluation = {"val_loss": 2.0, "train_loss": 2.0, "val_counts": torch.ones(4, 3), "val_loss_tokens": 100,
                   "train_loss_tokens": 100}
     with pytest.raises(UsageError, match="could not write .*metrics.jsonl: Input/output error"):
         runlog.log_evaluation(out, RunState(iter_num=50, tokens_seen=last["tokens_seen"] + 1280), evaluation, 1e-3,

@@ -13,8 +13,8 @@ import torch.nn.functional as F
 import runlog
 import sample
 import train
-from conftest import REPO, RunsCodeWhenUnpickled, tiny_train_args
-from evaluate import classification_metrics, evaluate_split
+from conftest import REPO, RunsCodeWhenUnpickled, evaluate_on, tiny_train_args
+from evaluate import CORRECT, PREDICTED, TARGETS, TOP5, accuracies, classification_metrics
 from model import GPT, GPTConfig
 from optim import make_optimizer
 from train import TrainConfig
@@ -90,9 +90,9 @@ def test_get_batch_targets_are_inputs_shifted_by_one():
 
 def test_validation_loss_covers_the_whole_split_deterministically():
     torch.manual_seed(0)
-    model = GPT(GPTConfig(block_size=8, vocab_size=7, n_layer=1, n_head=1, n_embd=8)).eval()
+    model = GPT(GPTConfig(block_size=8, vocab_size=7, n_layer=1, n_head=1, n_embd=8, dropout=0.0))
     data = torch.randint(7, (43,))
-    got = evaluate_split(model, data, block_size=8, batch_size=2, autocast=torch.no_grad())
+    got = evaluate_on(model, data, block_size=8, batch_size=2)
     # By hand: 42 targets, five full windows of 8 and one window of 2, every target counted once.
     losses, hits, top5 = [], 0, 0
     for start in range(0, 42, 8):
@@ -102,14 +102,16 @@ def test_validation_loss_covers_the_whole_split_deterministically():
         hits += (logits[0].argmax(-1) == y).sum().item()
         top5 += sum(y[i].item() in logits[0, i].topk(5).indices.tolist() for i in range(len(y)))
     expected = torch.cat(losses)
-    assert len(expected) == 42
-    assert got["loss"] == pytest.approx(expected.mean().item(), rel=1e-6)
-    assert got["acc"] == pytest.approx(hits / 42) and got["top5"] == pytest.approx(top5 / 42)
-    correct, targets, predicted = got["char_counts"]
-    assert correct.sum() == hits and targets.sum() == predicted.sum() == 42 == got["tokens"]
-    assert torch.equal(targets, torch.bincount(data[1:], minlength=7))
-    again = evaluate_split(model, data, block_size=8, batch_size=4, autocast=torch.no_grad())
-    assert again["loss"] == got["loss"] and torch.equal(again["char_counts"], got["char_counts"])
+    assert len(expected) == 42 == got["val_loss_tokens"]
+    assert got["val_loss"] == pytest.approx(expected.mean().item(), rel=1e-6)
+    assert accuracies(got["val_counts"]) == pytest.approx((hits / 42, top5 / 42))
+    counts = got["val_counts"]
+    assert counts[CORRECT].sum() == hits and counts[TOP5].sum() == top5
+    assert counts[TARGETS].sum() == counts[PREDICTED].sum() == 42
+    assert torch.equal(counts[TARGETS], torch.bincount(data[1:], minlength=7))
+    again = evaluate_on(model, data, block_size=8, batch_size=4)
+    assert again["val_loss"] == pytest.approx(got["val_loss"], rel=1e-12)
+    assert torch.equal(again["val_counts"], got["val_counts"])
 
 
 def test_macro_precision_recall_f1_by_hand():
@@ -121,8 +123,8 @@ def test_macro_precision_recall_f1_by_hand():
     precision = [3 / 6, 2 / 3, 0.0]
     recall = [3 / 4, 2 / 4, 0.0]
     f1 = [2 * p * r / (p + r) if p + r else 0.0 for p, r in zip(precision, recall)]
-    def counts(confusion):  # per character: correct, as target, as prediction
-        return torch.stack([confusion.diagonal(), confusion.sum(dim=1), confusion.sum(dim=0)])
+    def counts(confusion):  # prediction_counts's rows: correct, in the top 5 (unused here), target, predicted
+        return torch.stack([confusion.diagonal(), confusion.diagonal(), confusion.sum(dim=1), confusion.sum(dim=0)])
     got = classification_metrics(counts(confusion))
     assert got["precision_macro"] == pytest.approx(sum(precision) / 3)
     assert got["recall_macro"] == pytest.approx(sum(recall) / 3)
@@ -196,7 +198,7 @@ def test_other_learning_rate_schedules(schedule, at_60, at_95):
 
 def test_label_smoothing_mixes_in_the_uniform_distribution():
     torch.manual_seed(0)
-    model = GPT(GPTConfig(block_size=8, vocab_size=11, n_layer=1, n_head=2, n_embd=16))
+    model = GPT(GPTConfig(block_size=8, vocab_size=11, n_layer=1, n_head=2, n_embd=16, dropout=0.0))
     x, y = torch.randint(11, (2, 8)), torch.randint(11, (2, 8))
     logits, plain = model(x, y)
     _, smoothed = model(x, y, label_smoothing=0.1)

