@@ -44,7 +44,10 @@ def parse_device(name: str) -> tuple[str, int | None] | None:
 
 def resolve_device(requested: str) -> str:
     """The device a setting names, checked against this machine; auto: CUDA, else Apple's GPU (mps), else the CPU."""
-    kind, index = parse_device(requested)
+    parsed = parse_device(requested)
+    if parsed is None:
+        raise UsageError(f"'device' must be {DEVICE_CHOICES}, got '{requested}'")
+    kind, index = parsed
     if requested == "auto":
         if torch.cuda.is_available():
             return "cuda"

@@ -58,3 +58,13 @@ def test_adamw_is_fused_where_pytorch_has_the_kernel(monkeypatch):
 ])
 def test_bfloat16_matrix_units_are_read_from_the_cpu_flags(cpuinfo, expected):
     assert devices.cpu_has_bf16(cpuinfo) is expected
+
+
+@pytest.mark.parametrize("name, parsed", [("auto", ("auto", None)), ("cpu", ("cpu", None)), ("cuda", ("cuda", None)),
+                                          ("cuda:3", ("cuda", 3)), ("mps", ("mps", None)), ("cuda:", None),
+                                          ("cuda:x", None), ("cpu:0", None), ("gpu", None)])
+def test_a_device_name_is_parsed_in_one_place(name, parsed):
+    assert devices.parse_device(name) == parsed
+    if parsed is None:  # sample.py and export.py hand the setting to resolve_device without a check of their own
+        with pytest.raises(UsageError, match=f"'device' must be auto, cpu, cuda, cuda:N or mps, got '{name}'"):
+            devices.resolve_device(name)
