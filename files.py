@@ -6,6 +6,7 @@ over the old file: a crash, a kill or a power cut at any moment leaves the old c
 
 lock_folder holds an operating-system lock on a folder's .lock file for as long as a run writes there. The system
 drops it when the process ends in any way, SIGKILL and power cuts included, so it cannot go stale as a pid file can.
+waiting_lock waits for such a lock instead, for work that one of several processes does first.
 """
 
 import errno
@@ -104,6 +105,28 @@ def holder_of(fd: int) -> str:
         return os.read(fd, 1000).decode("utf-8", "replace").strip() or "a process that has not said which"
     except OSError:
         return "a process that has not said which"
+
+
+@contextmanager
+def waiting_lock(path):
+    """Hold an exclusive lock on the file at path (created if need be) until the with-block ends, waiting while
+    another process holds it: for work that one of several processes does (prepare_if_missing under torchrun).
+    Where the system has no flock (Windows, some network mounts) it goes on without a lock."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError as e:
+            print(f"warning: cannot lock {path} ({e.strerror}): processes started at once may each do the work",
+                  file=sys.stderr)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def write_atomic(path, content, then: str = "run the same command again") -> None:

@@ -19,9 +19,7 @@ train.py calls prepare_if_missing first: a run on the default data_dir prepares 
 """
 
 import hashlib
-import os
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,12 +28,7 @@ from tqdm import tqdm
 
 from configurator import UsageError, build_config, parse_args, refuse_positional, run_command, suggest
 from data import write_dataset
-from files import ensure_dir, write_atomic
-
-try:
-    import fcntl
-except ImportError:  # Windows
-    fcntl = None
+from files import ensure_dir, waiting_lock, write_atomic
 
 SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 SHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
@@ -216,7 +209,7 @@ def prepare_if_missing(data_dir: str) -> bool:
     folder = Path(data_dir)
     if folder.resolve() != SHAKESPEARE_DIR.resolve() or is_prepared(folder):
         return False
-    with held_lock(ensure_dir(folder, key="data_dir") / PREPARE_LOCK):
+    with waiting_lock(ensure_dir(folder, key="data_dir") / PREPARE_LOCK):
         if is_prepared(folder):  # another process prepared it while this one waited for the lock
             return False
         print(f"preparing {data_dir} from the shipped Tiny Shakespeare (once) ...", flush=True)
@@ -228,23 +221,6 @@ def prepare_if_missing(data_dir: str) -> bool:
 def is_prepared(folder: Path) -> bool:
     """Whether all of prepare's files are there; a preparation cut short (a train.bin without meta.json) is not."""
     return all((folder / name).is_file() for name in PREPARED_FILES)
-
-
-@contextmanager
-def held_lock(path: Path):
-    """Hold an exclusive lock on the file at path (created if need be) until the with-block ends, waiting for it if
-    another process holds it. The system drops the lock when its holder ends, however it ends."""
-    if fcntl is None:
-        # Windows has no flock: there torchrun's processes may each prepare at once and collide on prepare's temp
-        # files (meta.json's checksums catch a mixed-up split at load). Rare enough to go without a lock.
-        yield
-        return
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # releases the lock
 
 
 if __name__ == "__main__":

@@ -86,26 +86,28 @@ def test_a_partial_preparation_is_done_again(default_dir, capsys, left):
 CHILD = """
 import sys
 from pathlib import Path
+import fcntl
 import prepare_shakespeare as prep
 prep.SHAKESPEARE_DIR = Path(sys.argv[1])
-take = prep.fcntl.flock
+take = fcntl.flock
 def flock(fd, operation):
     print("waiting for the lock", flush=True)
     take(fd, operation)
-prep.fcntl.flock = flock
+fcntl.flock = flock
 print("prepared" if prep.prepare_if_missing(sys.argv[1]) else "not prepared", flush=True)
 """
 
 
-@pytest.mark.skipif(prep.fcntl is None, reason="no flock on Windows: prepare_if_missing goes without a lock there")
+@pytest.mark.skipif(sys.platform == "win32", reason="no flock on Windows: prepare_if_missing goes without a lock there")
 def test_two_processes_at_once_prepare_once(tmp_path):
     folder = tmp_path / "shakespeare_char"
     folder.mkdir()
     (folder / "input.txt").write_text(SHAKESPEARE.read_text(encoding="utf-8")[:400_000], encoding="utf-8")
     # This test holds the lock until both processes have seen the files missing, so both must get past the lock's
     # re-check: the race torchrun's processes run, made certain.
+    import fcntl
     fd = os.open(folder / prep.PREPARE_LOCK, os.O_RDWR | os.O_CREAT)
-    prep.fcntl.flock(fd, prep.fcntl.LOCK_EX)
+    fcntl.flock(fd, fcntl.LOCK_EX)
     children = [subprocess.Popen([sys.executable, "-c", CHILD, str(folder)], cwd=REPO, stdout=subprocess.PIPE,
                                  stderr=subprocess.PIPE, text=True) for _ in range(2)]
     try:
