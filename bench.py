@@ -3,6 +3,7 @@
     python bench.py config/baseline.py                        # ms/iter, tokens/s, MFU, peak memory, compile time
     python bench.py config/baseline.py --compare              # the same config with the fast path off, side by side
     python bench.py config/cpu.py config/nanogpt_cpu.py --target_loss=1.89 --repeats=3
+    python bench.py config/speedrun.py --target_loss=1.4697 --seeds=1,2,3   # a GPU race, the mean over 3 seeds
     python bench.py config/baseline.py --sample --device=cpu  # 500 characters with each cache mode
 
 Every other --key=value is a train.py setting applied to every config given (python train.py --help lists them).
@@ -13,10 +14,14 @@ step of a compiled model includes torch.compile's work: "compile s" is that step
 --compare, each config is also measured with the fast path off (eager, float32, unfused AdamW, no TF32), interleaved
 with the fast one, so the speed-up is a ratio of two medians taken in the same process.
 
-With --target_loss, each config trains for real (`python train.py CONFIG ...` in a subprocess, into a scratch
-out_dir) and the time to target is the process's wall time, from launch, up to the end of the first evaluation whose
-val loss is at or below the target: startup and every evaluation before it included. The runs of all configs are
-interleaved (A, B, A, B, ...) so a slower or faster spell of the machine falls on all of them alike.
+With --target_loss, each config trains for real (`python train.py CONFIG ... --target_loss=X` in a subprocess, into
+a scratch out_dir), and the run ends at the first evaluation whose val loss is at or below X (train.py's
+target_loss; a config's target_eval_interval then evaluates often near it). "s from launch" is that process's wall
+time: start-up, compiling, every evaluation and the checkpoints saved at the end included. "s of training" leaves out
+the evaluations and checkpoints (the run's elapsed_s less its eval_s), "step ms" is a step's time between the first
+and the last evaluation after step 0, and "compile s" what the steps before the first of those took beyond it.
+--seeds=1,2,3 runs each config once per seed and shows the mean; else the median of --repeats runs of one seed. The
+runs of all configs are interleaved (A, B, A, B, ...) so a slower or faster spell of the machine falls on all alike.
 
 MFU (model FLOPs utilization) counts 6 FLOPs per parameter per token plus 12 * n_layer * n_embd * block_size for
 attention (forward and backward), and divides by the GPU's dense peak for the row's arithmetic (bf16 or fp16; TF32
@@ -42,10 +47,10 @@ import torch
 
 from configurator import REPO_ROOT, UsageError, as_args, build_config, parse_args, run_command, split_options
 from data import load_data
-from devices import device_name, mixed_precision, resolve_compile, resolve_device, resolve_dtype
+from devices import device_name, mixed_precision, resolve_compile, resolve_device, resolve_dtype, synchronize
 from files import write_atomic
 from model import GENERATION_CACHES
-from runlog import read_metrics, read_summary
+from runlog import read_config, read_metrics, read_summary
 from tables import fmt, markdown_table
 from train import TrainConfig, build, estimate_loss, eval_splits, load_config, train_step
 
@@ -55,7 +60,8 @@ class BenchOptions:
     iters: int = 20  # timed training steps per measurement, after the warm-up
     warmup: int = 3  # untimed steps before timing (a compiled model compiles in the first)
     repeats: int = 3  # measurements per row; the table shows their median
-    target_loss: float = 0.0  # > 0: train each config for real and time how long until its val loss reaches this
+    target_loss: float = 0.0  # > 0: train each config for real until its val loss reaches this (train.py's key too)
+    seeds: str = ""  # with target_loss: comma-separated seeds, one run of each config per seed (instead of repeats)
     compare: bool = False  # also measure each config with the fast path off (eager, float32, unfused AdamW)
     sample: bool = False  # time generation with each cache mode (exact, approximate, none) instead of training
     sample_tokens: int = 500  # characters generated per sampling measurement
@@ -94,6 +100,10 @@ def parse_command(argv: list[str]) -> tuple[BenchOptions, list[tuple[str, TrainC
         problems.append("--compare times training steps: leave out --target_loss and --sample")
     if options.target_loss and options.sample:
         problems.append("--target_loss and --sample are two different benchmarks: run them one at a time")
+    if options.seeds and not options.target_loss:
+        problems.append("--seeds gives the seeds of --target_loss's runs: add --target_loss, or leave --seeds out")
+    elif options.seeds and not re.fullmatch(r"\d+(,\d+)*", options.seeds):
+        problems.append(f"'seeds' must be comma-separated whole numbers (e.g. 1,2,3), got '{options.seeds}'")
     if problems:
         raise UsageError(problems)
     return options, configs, train_args
@@ -101,11 +111,6 @@ def parse_command(argv: list[str]) -> tuple[BenchOptions, list[tuple[str, TrainC
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Measuring
-
-def synchronize(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
 
 def flops_per_token(n_params: int, n_layer: int, n_embd: int, block_size: int) -> float:
     """Training FLOPs per token: 6 per parameter (forward and backward) plus attention over the context."""
@@ -210,24 +215,34 @@ def time_steps(cfg: TrainConfig, options: BenchOptions, train_data, vocab_size: 
     return setups
 
 
-def time_to_target(path: str, train_args: list[str], target: float, out_dir: Path) -> dict:
-    """Run train.py on one config into out_dir; its wall time from launch to the first evaluation at or below the
-    target val loss (None if never reached), its whole wall time and its best val loss."""
+def time_to_target(path: str, train_args: list[str], out_dir: Path) -> dict:
+    """Run train.py on one config into out_dir (train_args hold --target_loss, so the run ends at the first evaluation
+    at or below it) and read what the run took from its record: from launch to that evaluation (the process's wall
+    time, as the user waits for it: start-up, compiling, evaluations and saving included), of training only
+    (elapsed_s less eval_s there), a step (between the first and the last evaluation after step 0, so that the first
+    steps' compiling falls outside it), and outside the training loop (start-up and exit). A run that fails gives
+    its error and its wall time, so that the other configs' runs still go on."""
     command = [sys.executable, str(REPO_ROOT / "train.py"), path, *train_args, f"--out_dir={out_dir}"]
     launched = time.perf_counter()
     proc = subprocess.run(command, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     process_s = time.perf_counter() - launched
     if proc.returncode != 0:
         last = proc.stderr.strip().splitlines()[-1:] or ["(no output)"]
-        raise UsageError(f"training {path} failed (exit status {proc.returncode}): {last[0]}")
-    summary = read_summary(out_dir)
-    reached = next((m for m in read_metrics(out_dir) if m["val_loss"] <= target), None)
-    # elapsed_s counts from the training loop's start; what the process spent before it, and after the evaluation
-    # that reached the target, is the rest of its wall time.
-    after_target = summary["elapsed_s"] - reached["elapsed_s"] if reached else None
-    return {"process_s": process_s, "target_s": process_s - after_target if reached else None,
-            "target_iter": reached["iter_num"] if reached else None, "best_val_loss": summary["best_val_loss"],
-            "iter_num": summary["iter_num"]}
+        return {"error": f"failed (exit status {proc.returncode}): {last[0]}", "process_s": process_s}
+    summary, config = read_summary(out_dir), read_config(out_dir)
+    rows = [m | {"train_s": m["elapsed_s"] - m.get("eval_s", 0.0)} for m in read_metrics(out_dir) if m["iter_num"]]
+    reached = summary["status"] == "target_reached"
+    step_s = compile_s = None
+    if len(rows) >= 2 and rows[-1]["iter_num"] > rows[0]["iter_num"]:
+        step_s = (rows[-1]["train_s"] - rows[0]["train_s"]) / (rows[-1]["iter_num"] - rows[0]["iter_num"])
+        # The first steps' time beyond that of a normal step: compiling, CUDA graph capture, the first allocations.
+        compile_s = rows[0]["train_s"] - rows[0]["iter_num"] * step_s if config["compile"] else None
+    return {"process_s": process_s, "target_s": process_s if reached else None,
+            "train_s": rows[-1]["train_s"] if reached else None,
+            "target_iter": summary["iter_num"] if reached else None,
+            "best_val_loss": summary["best_val_loss"], "iter_num": summary["iter_num"], "step_s": step_s,
+            "compile_s": compile_s, "outside_s": process_s - summary["elapsed_s"], "eval_s": summary.get("eval_s"),
+            "params": summary["params"], "dtype": config["dtype"]}
 
 
 def time_sampling(cfg: TrainConfig, options: BenchOptions, vocab_size: int, device: str) -> dict[str, list[float]]:
@@ -295,32 +310,56 @@ def bench_steps(configs, options: BenchOptions, vocab_size: int, device: str) ->
     return header, rows
 
 
-def bench_target(configs, options: BenchOptions, train_args: list[str]) -> tuple[list[str], list[list]]:
+def bench_target(configs, options: BenchOptions, train_args: list[str], device: str):
+    """Each config trained to target_loss, repeats times or once per seed (interleaved: A, B, A, B, ...); a row per
+    config, with the mean over seeds (the median over repeats of one seed)."""
     scratch = Path(tempfile.mkdtemp(prefix="bench-"))
+    seeds = [int(seed) for seed in options.seeds.split(",")] if options.seeds else [None] * options.repeats
     runs = {path: [] for path, _ in configs}
     try:
-        for repeat in range(options.repeats):  # interleaved: A, B, A, B, ...
+        for repeat, seed in enumerate(seeds):
             for index, (path, _) in enumerate(configs):
-                run = time_to_target(path, train_args, options.target_loss, scratch / f"{index}-{repeat}")
+                args = train_args + ([f"--seed={seed}"] if seed is not None else [])
+                run = time_to_target(path, args, scratch / f"{index}-{repeat}")
                 runs[path].append(run)
+                which = f"  {path} run {repeat + 1}/{len(seeds)}{f' (seed {seed})' if seed is not None else ''}"
+                if "error" in run:
+                    print(f"{which}: {run['error']}")
+                    continue
                 target = "not reached" if run["target_s"] is None else f"{run['target_s']:.1f} s"
-                print(f"  {path} run {repeat + 1}/{options.repeats}: target {target}, "
-                      f"whole run {run['process_s']:.1f} s, best val loss {run['best_val_loss']:.4f}")
+                print(f"{which}: target {target}, whole run {run['process_s']:.1f} s, "
+                      f"best val loss {run['best_val_loss']:.4f}")
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    medians = {}
-    for path, _ in configs:
-        reached = [r["target_s"] for r in runs[path] if r["target_s"] is not None]
-        medians[path] = (statistics.median(reached) if len(reached) == len(runs[path]) else None,
-                         statistics.median(r["process_s"] for r in runs[path]))
-    first_path = configs[0][0]
-    first_target_s = medians[first_path][0]
-    rows = [[path, runs[path][0]["iter_num"], f"{statistics.median(r['best_val_loss'] for r in runs[path]):.4f}",
-             fmt(medians[path][0], ".1f", "not reached"), runs[path][0]["target_iter"],
-             f"{medians[path][1]:.1f}", fmt(medians[path][1] / first_target_s if first_target_s else None, ".2f")]
-            for path, _ in configs]
-    header = ["config", "iters", "best val loss (median)", f"s to val loss <= {options.target_loss}", "at iter",
-              "whole run s", f"whole run / {first_path}'s time to target"]
+    average = statistics.mean if options.seeds else statistics.median
+    rows, peaks = [], []
+
+    def over_runs(path, key):  # the average of a figure over the config's runs; None if any run lacks it
+        values = [r.get(key) for r in runs[path]]
+        return average(values) if None not in values else None
+
+    first_target_s = over_runs(configs[0][0], "target_s")
+    for path, cfg in configs:
+        failed = [r["error"] for r in runs[path] if "error" in r]
+        if failed:  # its row says why, and bench.py exits with an error after the table
+            rows.append([path, options.seeds or "-", "-", failed[0], *["-"] * 10])
+            continue
+        step_s, first = over_runs(path, "step_s"), runs[path][0]
+        peak, source = peak_of(device, first["dtype"], True, options.peak_flops)
+        peaks.append(source)
+        flops = flops_per_token(first["params"], cfg.n_layer, cfg.n_embd, cfg.block_size) * cfg.tokens_per_iter
+        rows.append([path, options.seeds or "-", first["iter_num"], fmt(over_runs(path, "best_val_loss"), ".4f"),
+                     fmt(over_runs(path, "target_s"), ".1f", "not reached"), fmt(over_runs(path, "train_s"), ".1f"),
+                     first["target_iter"], fmt(step_s * 1000 if step_s else None, ".1f"),
+                     fmt(flops / step_s / peak if step_s and peak else None, ".1%", "n/a"),
+                     fmt(over_runs(path, "compile_s"), ".1f"), fmt(over_runs(path, "outside_s"), ".1f"),
+                     fmt(over_runs(path, "eval_s"), ".1f"), fmt(over_runs(path, "process_s"), ".1f"),
+                     fmt(over_runs(path, "process_s") / first_target_s if first_target_s else None, ".2f")])
+    which = "mean" if options.seeds else "median"
+    header = ["config", "seeds", "iters", f"best val loss ({which})",
+              f"s from launch to val loss <= {options.target_loss}", "s of training", "at iter", "step ms",
+              f"MFU (of {', '.join(dict.fromkeys(peaks))})", "compile s", "outside the loop s", "evaluating s",
+              "whole run s", f"whole run / {configs[0][0]}'s time to target"]
     return header, rows
 
 
@@ -345,19 +384,22 @@ def bench(argv: list[str]) -> str:
     print(f"{command}\n{device} ({device_name(device)}), torch {torch.__version__}, "
           f"{torch.get_num_threads()} CPU threads")
     if options.target_loss:
-        header, rows = bench_target(configs, options, train_args)
+        header, rows = bench_target(configs, options, train_args, device)
     elif options.sample:
         header, rows = bench_sampling(configs, options, vocab_size)
     else:
         header, rows = bench_steps(configs, options, vocab_size, device)
     report = markdown_table(header, rows)
     print(report)
+    failed = [row[0] for row in rows if str(row[3]).startswith("failed (")]
     if options.output:
         output = Path(options.output)
         before = output.read_text(encoding="utf-8") if output.is_file() else ""
         write_atomic(output, f"{before}\n`{command}` on {device_name(device)} ({platform.node() or 'this machine'}), "
                              f"torch {torch.__version__}, {time.strftime('%Y-%m-%d')}, medians of {options.repeats}:"
                              f"\n\n{report}\n")
+    if failed:
+        raise UsageError(f"training {', '.join(failed)} failed: its row above says why; the other rows stand")
     return report
 
 

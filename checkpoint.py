@@ -7,6 +7,7 @@ resuming needs: the optimizer, the grad scaler and every random-number generator
 plain data, so it loads with torch.load(..., weights_only=True), which runs no code from the file.
 """
 
+import math
 import pickle
 import random
 from dataclasses import asdict, dataclass, fields
@@ -31,6 +32,7 @@ class RunState:
     evals_since_best: int = 0  # evaluations since then, for early stopping
     tokens_seen: int = 0  # training tokens so far, over all processes
     elapsed_s: float = 0.0  # seconds of training so far, over every resumed part of the run
+    eval_s: float = 0.0  # the part of elapsed_s spent evaluating and saving checkpoints
 
     def record_eval(self, val_loss: float) -> bool:
         """Take in an evaluation's val loss; True when it is the best so far."""
@@ -40,6 +42,16 @@ class RunState:
         else:
             self.evals_since_best += 1
         return improved
+
+
+def check_finite(losses: dict, state: RunState, lr: float, out_dir: Path) -> None:
+    """Stop a diverged run with one line, before it could save over a checkpoint."""
+    for what, value in losses.items():
+        if not math.isfinite(value):
+            kept = f"{out_dir / 'best.pt'} still holds iter {state.best_iter}'s weights" if state.best_iter else \
+                "no checkpoint was written"
+            raise UsageError(f"the {what.replace('_', ' ')} became {value} at iter {state.iter_num} (learning rate "
+                             f"{lr:.3g}): training diverged. Lower learning_rate or raise warmup_iters; {kept}")
 
 
 def save(path: Path, about: dict, state: RunState, model, train_model=None, optimizer=None, scaler=None,
@@ -135,7 +147,7 @@ def resume(out_dir: Path, settings: dict, vocab: list[str], data_info: dict, mod
     load_optimizer_state(optimizer, ckpt["optimizer"])
     if ckpt.get("scaler"):
         scaler.load_state_dict(ckpt["scaler"])
-    state = RunState(**{f.name: ckpt[f.name] for f in fields(RunState)})
+    state = RunState(**{f.name: ckpt.get(f.name, f.default) for f in fields(RunState)})  # older: fewer fields
     if ckpt.get("rng") is not None:
         restore_rng(ckpt["rng"], batch_gen)
     elif announce:

@@ -125,6 +125,12 @@ def device_name(device: str) -> str:
     return device
 
 
+def synchronize(device) -> None:
+    """Wait for the work queued on a GPU: a clock read after this times that work (a CPU runs it as it is called)."""
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize(device)
+
+
 def mixed_precision(device: str, dtype: str, fast: bool = True):
     """(autocast context, grad scaler) for training in dtype. The scaler only does anything for float16, whose small
     range needs the loss scaled up so that small gradients do not round to zero. On CUDA, fast also lets the float32

@@ -4,11 +4,13 @@ precision, recall and F1 drawn from them. train.py's estimate_loss runs the mode
 """
 
 import torch
+import torch.nn.functional as F
 
 # Evaluation needs no gradients, so on a GPU it takes bigger batches than training: fewer, larger matrix products,
 # while the activations for them stay small. On a CPU the training batch is faster: it stays in the caches
 # (BENCHMARKS.md, "CPU: evaluation batch").
 EVAL_TOKENS_PER_BATCH = 16384
+IGNORED = -1  # a target that counts for nothing (model.GPT's loss ignores it): what fills out a batch
 
 
 def eval_batch_size(batch_size: int, block_size: int, device_type: str) -> int:
@@ -61,9 +63,24 @@ def split_windows(data: torch.Tensor, block_size: int, batch_size: int, max_toke
 
 
 def eval_batches(data: torch.Tensor, block_size: int, batch_size: int, max_tokens: int, device: torch.device):
-    """split_windows' (x, y) batches as token ids on device, in batches of eval_batch_size windows."""
-    for x, y in split_windows(data, block_size, eval_batch_size(batch_size, block_size, device.type), max_tokens):
-        yield x.to(device, torch.long), y.to(device, torch.long)  # (B, T) each
+    """split_windows' batches as token ids on device, each (eval_batch_size, block_size), with the number of targets
+    in it: (x, y, n). The split's last windows (a partial batch, the shorter last window) share one batch, filled out
+    after them with targets of -1, which the loss ignores: every forward pass has one shape, so a compiled model
+    compiles the evaluation once. Padding after a window leaves its predictions as they were: attention is causal."""
+    size = eval_batch_size(batch_size, block_size, device.type)
+    last_x, last_y, n_last = [], [], 0
+    for x, y in split_windows(data, block_size, size, max_tokens):
+        x, y = x.to(device, torch.long), y.to(device, torch.long)  # (B, T) each; the last window may be shorter
+        if x.shape == (size, block_size):
+            yield x, y, y.numel()
+        else:
+            n_last += y.numel()
+            last_x.append(F.pad(x, (0, block_size - x.size(1)), value=0))
+            last_y.append(F.pad(y, (0, block_size - y.size(1)), value=IGNORED))
+    if last_x:
+        x, y = torch.cat(last_x), torch.cat(last_y)  # (rows, T) each
+        yield (F.pad(x, (0, 0, 0, size - len(x)), value=0), F.pad(y, (0, 0, 0, size - len(y)), value=IGNORED),
+               n_last)
 
 
 CORRECT, TOP5, TARGETS, PREDICTED = range(4)  # the rows of prediction_counts
@@ -75,6 +92,8 @@ def prediction_counts(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tens
     (PREDICTED). What accuracies and classification_metrics need, without a vocab x vocab confusion matrix."""
     vocab_size = logits.size(-1)
     logits, targets = logits.float().reshape(-1, vocab_size), targets.reshape(-1)  # (N, V), (N,)
+    counted = targets != IGNORED
+    logits, targets = logits[counted], targets[counted]
     top = logits.topk(min(5, vocab_size), dim=-1).indices  # (N, 5)
     in_top5 = (top == targets[:, None]).any(dim=-1)  # (N,)
     return torch.stack([torch.bincount(targets[top[:, 0] == targets], minlength=vocab_size),

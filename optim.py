@@ -71,7 +71,11 @@ class Muon:
     use of one: param_groups, state, step, zero_grad, and state_dict / load_state_dict in the same format."""
 
     def __init__(self, params, lr: float, momentum: float = 0.95, nesterov: bool = True, betas=(0.9, 0.99),
-                 eps: float = 1e-8, weight_decay: float = 0.0):
+                 eps: float = 1e-8, weight_decay: float = 0.0, fused: bool = False, compiled: bool = False):
+        self.fused = fused  # AdamW's groups in PyTorch's fused kernel (one call per group) rather than a loop
+        # The Newton-Schulz iteration through torch.compile, as the model is: its small kernels fused, launched with
+        # no Python between them. Compiled on first use, once per shape of stack.
+        self.orthogonalize = torch.compile(orthogonalize, fullgraph=True) if compiled else orthogonalize
         self.defaults = dict(lr=lr, momentum=momentum, nesterov=nesterov, betas=betas, eps=eps,
                              weight_decay=weight_decay, use_muon=False)
         self.param_groups = [{**self.defaults, **group, "params": list(group["params"])} for group in params]
@@ -132,6 +136,7 @@ class Muon:
                 self.state[p]["momentum_buffer"] = torch.zeros_like(p)
         grads = [p.grad for p in params]
         bufs = [self.state[p]["momentum_buffer"] for p in params]
+        # Each step is a few calls on lists of tensors, not a few per matrix: on a GPU every call is a kernel launch.
         torch._foreach_mul_(bufs, momentum)
         torch._foreach_add_(bufs, grads)
         directions = torch._foreach_add(grads, bufs, alpha=momentum) if group["nesterov"] else bufs
@@ -140,36 +145,49 @@ class Muon:
         for i, d in enumerate(directions):
             by_shape.setdefault(tuple(sorted(d.shape)), []).append(i)
         dtype = newton_schulz_dtype(params[0].device.type) if params else torch.float32
+        by_scale = {}  # the step's size -> (its weights, their updates)
         for indices in by_shape.values():
             stack = torch.stack([directions[i] if directions[i].size(0) <= directions[i].size(1)
                                  else directions[i].mT for i in indices])
-            for i, update in zip(indices, orthogonalize(stack, dtype=dtype)):
+            for i, update in zip(indices, self.orthogonalize(stack, dtype=dtype)):
                 p = params[i]
-                update = update if p.size(0) <= p.size(1) else update.mT
                 # An orthogonal (rows, cols) matrix has entries of size ~1/sqrt(max(rows, cols)); the factor keeps
                 # the update's size per entry alike for tall matrices (rows > cols), as the published algorithm does.
-                scale = math.sqrt(max(1.0, p.size(0) / p.size(1)))
-                p.mul_(1 - lr * decay)
-                p.add_(update, alpha=-lr * scale)
+                weights, updates = by_scale.setdefault(math.sqrt(max(1.0, p.size(0) / p.size(1))), ([], []))
+                weights.append(p)
+                updates.append(update if p.size(0) <= p.size(1) else update.mT)
+        if params and decay:
+            torch._foreach_mul_(params, 1 - lr * decay)
+        for scale, (weights, updates) in by_scale.items():
+            torch._foreach_add_(weights, updates, alpha=-lr * scale)
 
     def _adamw_step(self, group: dict) -> None:
         lr, (beta1, beta2), eps, decay = group["lr"], group["betas"], group["eps"], group["weight_decay"]
-        for p in group["params"]:
-            if p.grad is None:
-                continue
-            grad = p.grad
+        params = [p for p in group["params"] if p.grad is not None]
+        for p in params:
             state = self.state[p]
             if "step" not in state:
-                state["step"] = 0
-                state["exp_avg"] = torch.zeros_like(p)
-                state["exp_avg_sq"] = torch.zeros_like(p)
-            state["step"] += 1
-            exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
+                state.update(step=torch.zeros((), device=p.device), exp_avg=torch.zeros_like(p),
+                             exp_avg_sq=torch.zeros_like(p))
+            elif not isinstance(state["step"], torch.Tensor):  # saved by a version that counted in a Python int
+                state["step"] = torch.tensor(float(state["step"]), device=p.device)
+        if not params:
+            return
+        steps = [self.state[p]["step"] for p in params]
+        exp_avgs = [self.state[p]["exp_avg"] for p in params]
+        exp_avg_sqs = [self.state[p]["exp_avg_sq"] for p in params]
+        torch._foreach_add_(steps, 1)
+        if self.fused:  # the same arithmetic as the loop below, in one kernel for the whole group
+            torch._fused_adamw_(params, [p.grad for p in params], exp_avgs, exp_avg_sqs, [], steps, lr=lr, beta1=beta1,
+                                beta2=beta2, weight_decay=decay, eps=eps, amsgrad=False, maximize=False)
+            return
+        for p, exp_avg, exp_avg_sq, step in zip(params, exp_avgs, exp_avg_sqs, steps):
+            grad, step = p.grad, step.item()
             exp_avg.lerp_(grad, 1 - beta1)  # the running mean of the gradient
             exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)  # and of its square
             # Both averages start at zero: dividing by 1 - beta^step removes that pull towards zero in early steps.
-            bias_correction1 = 1 - beta1 ** state["step"]
-            bias_correction2 = 1 - beta2 ** state["step"]
+            bias_correction1 = 1 - beta1 ** step
+            bias_correction2 = 1 - beta2 ** step
             denom = (exp_avg_sq / bias_correction2).sqrt_().add_(eps)
             p.mul_(1 - lr * decay)
             p.addcdiv_(exp_avg, denom, value=-lr / bias_correction1)
@@ -185,9 +203,11 @@ def weight_matrices(model) -> list[torch.nn.Parameter]:
 
 
 def make_optimizer(model, learning_rate, weight_decay, betas, fused: bool, kind: str = "adamw",
-                   momentum: float = 0.9, nesterov: bool = True, muon_learning_rate: float = 0.02):
+                   momentum: float = 0.9, nesterov: bool = True, muon_learning_rate: float = 0.02,
+                   compiled: bool = False):
     """The optimizer `kind` (adamw, sgd or muon), with weight decay on matrices (embeddings, Linear weights) only,
-    not on biases and norm gains.
+    not on biases and norm gains. fused: AdamW's fused kernel (Muon's AdamW part too); compiled: Muon's iteration
+    compiled.
 
     Each parameter group carries lr_scale: its peak learning rate over learning_rate, which train.py multiplies the
     scheduled rate by. Only Muon's group differs from 1 (muon_learning_rate / learning_rate)."""
@@ -204,7 +224,7 @@ def make_optimizer(model, learning_rate, weight_decay, betas, fused: bool, kind:
                    "lr_scale": 1.0},
                   {"params": no_decay, "weight_decay": 0.0, "lr_scale": 1.0}]
         return Muon([g for g in groups if g["params"]], lr=learning_rate, momentum=momentum, nesterov=nesterov,
-                    betas=betas)
+                    betas=betas, fused=fused, compiled=compiled)
     groups = [{"params": decay, "weight_decay": weight_decay, "lr_scale": 1.0},
               {"params": no_decay, "weight_decay": 0.0, "lr_scale": 1.0}]
     if kind == "sgd":

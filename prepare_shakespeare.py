@@ -23,7 +23,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import requests
 from tqdm import tqdm
 
 from configurator import UsageError, build_config, parse_args, refuse_positional, run_command, suggest
@@ -56,6 +55,7 @@ class DownloadError(Exception):
 
 def describe(error: Exception) -> str:
     """A download failure in a few words; requests' own messages nest whole reprs of the connection pool."""
+    import requests
     if isinstance(error, requests.ConnectionError):
         return "no connection (is this machine offline?)"
     if isinstance(error, requests.Timeout):
@@ -65,6 +65,7 @@ def describe(error: Exception) -> str:
 
 def fetch(url: str, timeout: float, name: str) -> bytes:
     """The body at url, with a progress bar."""
+    import requests
     with requests.get(url, stream=True, timeout=timeout) as response:
         response.raise_for_status()
         total = int(response.headers.get("content-length", 0)) or None
@@ -81,6 +82,7 @@ def download(url: str, dest: Path, expected_sha256: str, timeout: float = 30.0, 
     """Fetch url, retrying network failures with exponential backoff, check its sha256, then write it to dest.
 
     On any failure nothing is written and DownloadError says why."""
+    import requests  # here, not at the top: train.py imports this module, and requests takes 0.15 s to import
     last_error = None
     for attempt in range(retries):
         if attempt:

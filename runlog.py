@@ -30,8 +30,9 @@ from files import read_json, write_atomic, write_json
 from trackers import TRACKER_DIRS
 
 METRICS_KEYS = ("iter_num", "train_loss", "val_loss", "val_ppl", "val_bpc", "val_acc", "val_top5", "lr", "elapsed_s",
-                "tokens_seen", "val_loss_tokens", "train_loss_tokens")
+                "eval_s", "tokens_seen", "val_loss_tokens", "train_loss_tokens")
 LEGACY_NAMES = {"iter": "iter_num", "iters": "iter_num", "tokens": "tokens_seen", "wall_time_s": "elapsed_s"}
+STATUS_NOTES = {"early_stopped": " | early stopped", "target_reached": " | target_loss reached"}  # in the last line
 OVERFIT_MARGIN = 0.01  # nats the val loss may rise after its best before summary.json flags the run as overfitting
 NOT_A_RUN = "give the out_dir of a train.py run"
 
@@ -139,7 +140,8 @@ def log_evaluation(out_dir: Path, state, evaluation: dict, lr: float, improved: 
     record = {"iter_num": state.iter_num, "train_loss": round(train_loss, 6), "val_loss": round(val_loss, 6),
               "val_ppl": perplexity(val_loss), "val_bpc": round(val_loss / math.log(2), 6),
               "val_acc": round(val_acc, 6), "val_top5": round(val_top5, 6),
-              "lr": lr, "elapsed_s": round(state.elapsed_s, 3), "tokens_seen": state.tokens_seen,
+              "lr": lr, "elapsed_s": round(state.elapsed_s, 3), "eval_s": round(state.eval_s, 3),
+              "tokens_seen": state.tokens_seen,
               "val_loss_tokens": evaluation["val_loss_tokens"], "train_loss_tokens": evaluation["train_loss_tokens"]}
     path = out_dir / "metrics.jsonl"
     logged = path.read_text(encoding="utf-8") if path.is_file() else ""
@@ -177,10 +179,14 @@ def trim_metrics(path: Path, iter_num: int) -> None:
     write_atomic(path, "".join(kept))
 
 
-def finish(out_dir: Path, status: str, classification: dict, params: int, max_iters: int, elapsed_s: float,
+def finish(out_dir: Path, status: str, classification: dict, params: int, max_iters: int, state,
            tokens_per_s: float) -> dict:
-    """Write summary.json from metrics.jsonl and the last evaluation's per-character metrics, print its line, and
-    return it."""
+    """Write summary.json from metrics.jsonl, the last evaluation's per-character metrics and where the run stands
+    (state: a RunState), print its line, and return it."""
+    if status == "early_stopped":
+        print(f"early stop: no better val loss in {state.evals_since_best} evaluations (best "
+              f"{state.best_val_loss:.4f} at iter {state.best_iter})")
+    elapsed_s = state.elapsed_s
     metrics = read_metrics(out_dir)
     best = min(metrics, key=lambda m: m["val_loss"])
     started_from = read_run_info(out_dir).get("started_from")
@@ -204,6 +210,7 @@ def finish(out_dir: Path, status: str, classification: dict, params: int, max_it
         "overfit": rise > OVERFIT_MARGIN,
         "val_rise_after_best": round(rise, 6),
         "elapsed_s": round(elapsed_s, 3),
+        "eval_s": round(state.eval_s, 3),  # the part of elapsed_s spent evaluating and saving checkpoints
         "tokens_seen": final["tokens_seen"],
         "tokens_per_s": round(tokens_per_s, 1),
         "started_from": started_from,  # as run.json has it: None for a run from scratch
@@ -211,9 +218,19 @@ def finish(out_dir: Path, status: str, classification: dict, params: int, max_it
     write_json(out_dir / "summary.json", summary)
     print(f"best val loss {summary['best_val_loss']:.4f} at iter {summary['best_iter']} | {summary['iter_num']} iters "
           f"in {format_duration(elapsed_s)} | {tokens_per_s:,.0f} tokens/s | val accuracy "
-          f"{summary['final']['val_acc']:.1%}{' | early stopped' if status == 'early_stopped' else ''}"
+          f"{summary['final']['val_acc']:.1%}{STATUS_NOTES.get(status, '')}"
           f"{' | overfitting' if summary['overfit'] else ''} | results in {out_dir}")
     return summary
+
+
+def eval_only(evaluation: dict, data_dir: str) -> dict:
+    """eval_only's report of one evaluation (train.py's estimate_loss), printed; nothing is written. With init_from a
+    run folder, it measures a trained model on any data: how much a fine-tuned model forgot."""
+    val_acc, val_top5 = accuracies(evaluation["val_counts"])
+    print(f"{data_dir}: val loss {evaluation['val_loss']:.4f}, train loss {evaluation['train_loss']:.4f}, "
+          f"val accuracy {val_acc:.1%} (eval_only: nothing written)")
+    return {"val_loss": evaluation["val_loss"], "train_loss": evaluation["train_loss"], "val_acc": val_acc,
+            "val_top5": val_top5}
 
 
 def format_duration(seconds: float) -> str:

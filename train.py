@@ -35,10 +35,10 @@ from tqdm import tqdm
 import devices
 import finetune
 import runlog
-from checkpoint import RunState, resume, save
+from checkpoint import RunState, check_finite, resume, save
 from configurator import UsageError, build_config, parse_args, run_command
 from data import load_data, remap_ids
-from evaluate import accuracies, classification_metrics, describe_reads, eval_batches, prediction_counts
+from evaluate import classification_metrics, describe_reads, eval_batches, prediction_counts
 from files import lock_folder
 from model import GPT, GPTConfig, ModelConfig
 from optim import ema_copy, l1_norm, make_optimizer, update_ema
@@ -67,6 +67,8 @@ class TrainConfig(ModelConfig):
     eval_iters: int = 200  # batches' worth of train tokens for the train loss (at most eval_tokens, fixed windows)
     eval_tokens: int = 120_000  # val tokens an evaluation reads at most, in fixed windows spread over the split; 0: all
     early_stop_patience: int = 0  # stop after this many evaluations without a better val loss; 0 = never
+    target_loss: float = 0.0  # > 0: end the run at the first val loss at or below this; 0 = off
+    target_eval_interval: int = 0  # with target_loss: steps between evaluations once near it; 0 = off
     log_interval: int = 10  # optimizer steps between progress-bar updates (each reads the loss: a host sync)
     wandb_log: bool = False  # also log each evaluation and the config to Weights & Biases (pip install wandb)
     wandb_project: str = "shakespeare-char"  # the Weights & Biases project
@@ -116,7 +118,7 @@ def validate(cfg: TrainConfig) -> None:
         if getattr(cfg, key) <= 0:
             problems.append(f"'{key}' must be a positive integer, got {getattr(cfg, key)}")
     for key in ("max_iters", "warmup_iters", "min_lr", "weight_decay", "grad_clip", "early_stop_patience", "l1",
-                "eval_tokens"):
+                "eval_tokens", "target_loss", "target_eval_interval"):
         if getattr(cfg, key) < 0:
             problems.append(f"'{key}' must be >= 0, got {getattr(cfg, key)}")
     # A run from a trained model takes its shape from the checkpoint: a mix of given and default shape keys is no
@@ -173,7 +175,7 @@ def load_config(argv=None, given: set | None = None) -> TrainConfig:
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Batches, the learning rate, one step
+# Batches, the learning rate, when to evaluate, one step
 
 def get_batch(data: torch.Tensor, block_size: int, batch_size: int, generator: torch.Generator, device):
     """Random windows of block_size + 1 tokens: x is each window's first block_size, y the same shifted by one. data
@@ -207,9 +209,24 @@ def get_lr(it: int, cfg: TrainConfig) -> float:
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (lr - min_lr)
 
 
+NEAR_TARGET = 0.1  # nats above target_loss from which the training loss counts as near it
+
+
+def eval_due(it: int, train_loss: float, cfg: TrainConfig) -> bool:
+    """Whether the loop evaluates before step it: every eval_interval steps (at 0 only with eval_at_start), and with
+    target_loss every target_eval_interval steps once the last training loss logged is within NEAR_TARGET of the
+    target: a race finds the step it crosses the target to within a few, without evaluating often before. The
+    training loss is used because it costs nothing (the progress bar reads it); it runs at or below the val loss."""
+    if it == 0:
+        return cfg.eval_at_start
+    near = cfg.target_loss > 0 and cfg.target_eval_interval > 0 and train_loss <= cfg.target_loss + NEAR_TARGET
+    return it % cfg.eval_interval == 0 or (near and it % cfg.target_eval_interval == 0)
+
+
 def build(cfg: TrainConfig, vocab_size: int, device: str, fused: bool = True, weights: dict | None = None):
     """The model a run of cfg trains, on device, and its optimizer (fused AdamW, where PyTorch has it for the device:
-    one kernel for all parameters). weights: a trained model's, to start from (its vocabulary may be smaller)."""
+    one kernel for all parameters; Muon's iteration compiled where the model is). fused=False: neither. weights: a
+    trained model's, to start from (its vocabulary may be smaller)."""
     model_settings = {f.name: getattr(cfg, f.name) for f in fields(ModelConfig)}
     model = GPT(GPTConfig(vocab_size=vocab_size, **model_settings)).to(device)
     if weights is not None:
@@ -217,7 +234,8 @@ def build(cfg: TrainConfig, vocab_size: int, device: str, fused: bool = True, we
     finetune.freeze(model, cfg.freeze_layers)  # before the optimizer, which then leaves the frozen weights out
     optimizer = make_optimizer(model, cfg.learning_rate, cfg.weight_decay, (cfg.beta1, cfg.beta2),
                                fused=fused and devices.fused_adamw_available(device), kind=cfg.optimizer,
-                               momentum=cfg.momentum, nesterov=cfg.nesterov, muon_learning_rate=cfg.muon_learning_rate)
+                               momentum=cfg.momentum, nesterov=cfg.nesterov, muon_learning_rate=cfg.muon_learning_rate,
+                               compiled=fused and devices.resolve_compile(cfg.compile, device))
     return model, optimizer
 
 
@@ -274,26 +292,16 @@ def estimate_loss(model, splits: dict, cfg: TrainConfig, autocast) -> dict:
     model.eval()
     for split, (data, max_tokens) in splits.items():
         loss_sum, counts, tokens = torch.zeros((), dtype=torch.float64, device=device), 0, 0
-        for x, y in eval_batches(data, cfg.block_size, cfg.batch_size, max_tokens, device):  # (B, T) each
+        for x, y, n in eval_batches(data, cfg.block_size, cfg.batch_size, max_tokens, device):  # (B, T) each
             with autocast:
-                logits, loss = model(x, y)  # (B, T, vocab_size); the mean loss over the B * T targets
-            loss_sum += loss.double() * y.numel()
+                logits, loss = model(x, y)  # (B, T, vocab_size); the mean loss over the n targets (not -1)
+            loss_sum += loss.double() * n
             counts = counts + prediction_counts(logits, y)  # (4, vocab_size)
-            tokens += y.numel()
+            tokens += n
         out |= {f"{split}_loss": (loss_sum / tokens).item(), f"{split}_loss_tokens": tokens,
                 f"{split}_counts": counts.cpu()}
     model.train()
     return out
-
-
-def check_finite(losses: dict, state: RunState, lr: float, out_dir: Path) -> None:
-    """Stop a diverged run with one line, before it could save over a checkpoint."""
-    for what, value in losses.items():
-        if not math.isfinite(value):
-            kept = f"{out_dir / 'best.pt'} still holds iter {state.best_iter}'s weights" if state.best_iter else \
-                "no checkpoint was written"
-            raise UsageError(f"the {what.replace('_', ' ')} became {value} at iter {state.iter_num} (learning rate "
-                             f"{lr:.3g}): training diverged. Lower learning_rate or raise warmup_iters; {kept}")
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -304,8 +312,7 @@ def main(argv=None):
 
 
 def run(argv=None) -> dict | None:
-    """One run, alone or in each process torchrun started: the setup, the loop, the ending. Returns summary.json's
-    content (eval_only: the evaluation; None on ranks other than 0)."""
+    """One run, or one of torchrun's processes: setup, loop, ending. Returns summary.json, None on ranks but 0."""
     # ---------------------------------------------------------------------------------------------------- setup
     given = set()
     cfg = load_config(argv, given)
@@ -343,7 +350,8 @@ def run(argv=None) -> dict | None:
         for module in {model, eval_model} if compiled else ():  # the one trained and the one evaluated, if another
             module.compile(mode=cfg.compile_mode)  # in place: its state_dict keeps its keys
         if cfg.eval_only:  # nanoGPT's key: evaluate once, print, write nothing
-            return evaluate_once(eval_model, splits, cfg, autocast) if ranks.master else None
+            return runlog.eval_only(estimate_loss(eval_model, splits, cfg, autocast), cfg.data_dir) \
+                if ranks.master else None
         # What the run records, and what its checkpoints describe themselves with.
         config = asdict(cfg) | {"device": device, "dtype": dtype, "compile": compiled}
         about = {"model_config": asdict(model.config), "train_config": config, "vocab": model_vocab,
@@ -361,34 +369,38 @@ def run(argv=None) -> dict | None:
 
         # ----------------------------------------------------------------------------------------------------- loop
         t0, elapsed_before, tokens_before = time.perf_counter(), state.elapsed_s, state.tokens_seen
-        status, evaluation, last_log = "finished", None, (t0, state.iter_num)
+        status, evaluation, last_log, loss_value = "finished", None, (t0, state.iter_num), math.inf
         while True:
             last_step = state.iter_num >= cfg.max_iters
-            state.elapsed_s = elapsed_before + time.perf_counter() - t0
             # evaluate, log and checkpoint when due
-            due = state.iter_num % cfg.eval_interval == 0 and (state.iter_num > 0 or cfg.eval_at_start)
-            if (due or last_step) and state.iter_num != resumed_at:
+            if (eval_due(state.iter_num, loss_value, cfg) or last_step) and state.iter_num != resumed_at:
+                devices.synchronize(device)  # the steps queued on a GPU end first: elapsed_s counts them, eval_s not
+                eval_started = time.perf_counter()
+                state.elapsed_s = elapsed_before + eval_started - t0
                 evaluation = estimate_loss(eval_model, splits, cfg, autocast) if ranks.master else None
                 losses = ranks.from_master(evaluation, ("val_loss", "train_loss"))  # so that all decide alike
                 lr = get_lr(max(state.iter_num - 1, 0), cfg)  # the rate of the step just taken
                 check_finite(losses, state, lr, out_dir)
                 improved = state.record_eval(losses["val_loss"])
-                if ranks.master:
-                    runlog.log_evaluation(out_dir, state, evaluation, lr, improved, track)
-                    if state.iter_num > 0 and improved:
-                        save(out_dir / "best.pt", about, state, eval_model)
-                    if state.iter_num > 0 and (improved or cfg.always_save_checkpoint):
-                        save(out_dir / "ckpt.pt", about, state, eval_model, model, optimizer, scaler, batch_gen)
                 if 0 < cfg.early_stop_patience <= state.evals_since_best and not last_step:
                     status = "early_stopped"
+                if losses["val_loss"] <= cfg.target_loss:
+                    status = "target_reached"
+                ending = last_step or status != "finished"  # the evaluations near target_loss save only at the end
+                keep = state.iter_num > 0 and (ending or state.iter_num % cfg.eval_interval == 0)
+                if ranks.master:
+                    runlog.log_evaluation(out_dir, state, evaluation, lr, improved, track)
+                    if keep and improved:
+                        save(out_dir / "best.pt", about, state, eval_model)
+                    if keep and (improved or cfg.always_save_checkpoint):
+                        save(out_dir / "ckpt.pt", about, state, eval_model, model, optimizer, scaler, batch_gen)
+                state.eval_s += time.perf_counter() - eval_started
             if last_step:
                 break
             # stop early, or when asked to (under torchrun all agree: a round trip, so once per log_interval)
             if status == "finished" and ranks.any(stop.requested, check_now=state.iter_num % cfg.log_interval == 0):
                 status = "interrupted"
             if status != "finished":
-                if ranks.master:
-                    save(out_dir / "ckpt.pt", about, state, eval_model, model, optimizer, scaler, batch_gen)
                 break
 
             # set the learning rate (each parameter group scales it: Muon's matrices have their own peak), and step
@@ -414,7 +426,9 @@ def run(argv=None) -> dict | None:
         # --------------------------------------------------------------------------------------------------- ending
         bar.close()
         state.elapsed_s = elapsed_before + time.perf_counter() - t0
-        if status == "interrupted":  # ckpt.pt holds the last complete step
+        if status in ("interrupted", "early_stopped") and ranks.master:  # ckpt.pt: the last step, to go on from
+            save(out_dir / "ckpt.pt", about, state, eval_model, model, optimizer, scaler, batch_gen)
+        if status == "interrupted":
             if ranks.master:
                 print(f"stopped at iter {state.iter_num}; saved {out_dir / 'ckpt.pt'}. Resume with: "
                       f"{runlog.resume_command(argv, ranks.ddp)}")
@@ -424,23 +438,9 @@ def run(argv=None) -> dict | None:
             return None
         if evaluation is None:  # resumed at the very end: nothing was evaluated in this process
             evaluation = estimate_loss(eval_model, splits, cfg, autocast)
-        if status == "early_stopped":
-            print(f"early stop: no better val loss in {state.evals_since_best} evaluations (best "
-                  f"{state.best_val_loss:.4f} at iter {state.best_iter})")
         tokens_per_s = (state.tokens_seen - tokens_before) / max(time.perf_counter() - t0, 1e-9)
         return runlog.finish(out_dir, status, classification_metrics(evaluation["val_counts"]), model.num_params(),
-                             cfg.max_iters, state.elapsed_s, tokens_per_s)
-
-
-def evaluate_once(model, splits: dict, cfg: TrainConfig, autocast) -> dict:
-    """eval_only: the evaluation a run makes at its start, printed; nothing is written. With init_from a run folder,
-    it measures a trained model on any data: how much a fine-tuned model forgot."""
-    evaluation = estimate_loss(model, splits, cfg, autocast)
-    val_acc, val_top5 = accuracies(evaluation["val_counts"])
-    print(f"{cfg.data_dir}: val loss {evaluation['val_loss']:.4f}, train loss {evaluation['train_loss']:.4f}, "
-          f"val accuracy {val_acc:.1%} (eval_only: nothing written)")
-    return {"val_loss": evaluation["val_loss"], "train_loss": evaluation["train_loss"], "val_acc": val_acc,
-            "val_top5": val_top5}
+                             cfg.max_iters, state, tokens_per_s)
 
 
 if __name__ == "__main__":

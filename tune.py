@@ -20,6 +20,7 @@ import math
 import os
 import random
 import re
+import statistics
 import subprocess
 import sys
 import time
@@ -367,7 +368,7 @@ def search(argv: list[str]) -> list[dict]:
 
         grid_keys = list(grid)
         rows = leaderboard_rows(done + ran, grid_keys)
-        table = leaderboard_markdown(rows, grid_keys)
+        table = leaderboard_markdown(rows, grid_keys) + seeds_line(rows, grid_keys)
         command_line = " ".join(["python tune.py", *argv])
         write_atomic(search_dir / "leaderboard.md", f"# Search {name}\n\n`{command_line}`\n\n{table}")
         write_atomic(search_dir / "leaderboard.csv", leaderboard_csv(rows, grid_keys))
@@ -385,6 +386,16 @@ def search(argv: list[str]) -> list[dict]:
             print("interrupted: run the same command again to resume; finished trials are skipped", file=sys.stderr)
             raise SystemExit(TRAIN_INTERRUPTED)
         return rows
+
+
+def seeds_line(rows: list[dict], grid_keys: list[str]) -> str:
+    """For a search over seeds alone (one recipe's spread): a line with the mean best val loss of its finished
+    trials, to go under the leaderboard; else nothing."""
+    losses = [row["best_val_loss"] for row in rows if row["rank"] is not None]
+    if grid_keys != ["seed"] or len(losses) < 2:
+        return ""
+    return (f"\nmean best val loss over {len(losses)} seeds: {statistics.mean(losses):.4f} (from {min(losses):.4f} "
+            f"to {max(losses):.4f})\n")
 
 
 def run_trials(to_run: list[tuple[str, dict, Path]], base_config: Path,

@@ -19,6 +19,11 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+SPEEDRUN_CANDIDATES = ["config/speedrun.py", "config/speedrun_adamw.py", "config/speedrun_bigbatch.py",
+                       "config/speedrun_adamw_bigbatch.py"]
+# torch.compile's caches (inductor's compiled kernels and graphs) for every step: a step that finds them filled from an
+# earlier step or call compiles in seconds, and the report says which steps did (warm) and which did not (cold).
+COMPILE_CACHE = REPO / "out" / "gpu-check" / "compile-cache"
 BUDGET_S = 570  # the device tool allows 10 minutes a command; leave room for starting and writing the report
 
 # (name, what it checks or measures, command, time limit in s)
@@ -39,6 +44,12 @@ STEPS = [
      "python bench.py config/baseline.py config/record.py", 120),
     ("record", "one seed of config/record.py (nanoGPT's compute: 5,000 x 16,384 tokens)",
      "python train.py config/record.py --seed=1 --out_dir=out/gpu-check/record --overwrite=True", 240),
+    ("speedrun", "the race to val loss 1.4697: config/speedrun.py and its three runners-up, one run each, from launch",
+     f"python bench.py {' '.join(SPEEDRUN_CANDIDATES)} --target_loss=1.4697 --repeats=1", 480),
+    ("seeds", "3 seeds of the speedrun's winner (the fastest from launch in the speedrun step's log), then 3 of "
+     "config/record.py at full length (tune.py: run again, it resumes)",
+     "python bench.py {winner} --target_loss=1.4697 --seeds=1,2,3 && "
+     "python tune.py config/record.py seed=1,2,3 --name=gpu-record", 560),
 ]
 
 
@@ -51,7 +62,9 @@ def cuda_device() -> str | None:
 def run_step(command: str, limit_s: float, log: Path) -> tuple[str, float, str]:
     """Run command in the repository root; (status, wall seconds, its output)."""
     started = time.perf_counter()
-    env = os.environ | {"PYTHONUNBUFFERED": "1", "TQDM_DISABLE": "1"}
+    # TORCH_LOGS=recompiles: every recompilation in a step's log, with the guard that failed (a stall's likely cause).
+    env = os.environ | {"PYTHONUNBUFFERED": "1", "TQDM_DISABLE": "1", "TORCHINDUCTOR_CACHE_DIR": str(COMPILE_CACHE),
+                        "TORCH_LOGS": "recompiles"}
     try:
         if command.startswith("python "):  # this Python, whatever `python` means on the machine's PATH
             command = sys.executable + command[len("python"):]
@@ -64,6 +77,34 @@ def run_step(command: str, limit_s: float, log: Path) -> tuple[str, float, str]:
         status = f"FAILED (timed out after {limit_s:.0f} s)"
     log.write_text(output, encoding="utf-8")
     return status, time.perf_counter() - started, output
+
+
+def cache_state() -> str:
+    """Whether the compile cache holds anything yet: what a step's compile times are to be read with."""
+    files = [p for p in COMPILE_CACHE.rglob("*") if p.is_file()] if COMPILE_CACHE.is_dir() else []
+    if not files:
+        return "cold (empty)"
+    return f"warm ({len(files)} files, {sum(p.stat().st_size for p in files) / 2**20:.0f} MB)"
+
+
+def speedrun_winner(out: Path) -> str:
+    """The candidate of the speedrun step's table (in its log) that reached the target soonest from launch; the first
+    candidate where there is no such log or none reached it."""
+    log = out / "logs" / "speedrun.log"
+    lines = [line for line in log.read_text(encoding="utf-8").splitlines() if line.startswith("|")] \
+        if log.is_file() else []
+    if not lines:
+        return SPEEDRUN_CANDIDATES[0]
+    header = [cell.strip() for cell in lines[0].strip("|").split("|")]
+    column = next(i for i, name in enumerate(header) if name.startswith("s from launch"))
+    times = {}
+    for line in lines[2:]:
+        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        try:
+            times[cells[0]] = float(cells[column])
+        except (ValueError, IndexError):
+            continue  # not reached
+    return min(times, key=times.get) if times else SPEEDRUN_CANDIDATES[0]
 
 
 def figures_and_tail(output: str, tail_lines: int = 25) -> tuple[list[str], list[str]]:
@@ -100,9 +141,12 @@ def run_steps(steps, out: Path, about: list[str], budget_s: float) -> list[dict]
         if left < min(limit_s, 30):
             result["status"] = f"not run: {left:.0f} s of the {budget_s:.0f} s budget left (run it on its own)"
         else:
+            command = result["command"] = command.replace("{winner}", speedrun_winner(out))
+            cache = cache_state()
             status, seconds, output = run_step(command, min(limit_s, left), out / "logs" / f"{name}.log")
             figures, tail = figures_and_tail(output)
-            result |= {"status": status, "seconds": f"{seconds:.1f}", "figures": figures, "tail": tail}
+            result |= {"status": status, "seconds": f"{seconds:.1f}", "figures": figures, "tail": tail,
+                       "what": f"{what} (compile cache at the start: {cache})"}
             print(f"{name}: {status} in {seconds:.1f} s", flush=True)
         results.append(result)
         write(out / "gpu-report.md", report(about, results))
@@ -138,6 +182,9 @@ def main(argv: list[str]) -> int:
         if ran_record and (record / kept).is_file():
             (out / "record").mkdir(exist_ok=True)
             shutil.copy(record / kept, out / "record" / kept)
+    leaderboard = REPO / "out" / "tune-gpu-record" / "leaderboard.md"  # the seeds step's record.py runs
+    if any(r["name"] == "seeds" and r["seconds"] != "-" for r in results) and leaderboard.is_file():
+        shutil.copy(leaderboard, out / "record-seeds.md")
     print(f"wrote {out / 'gpu-report.md'}")
     return 0 if all(r["status"] == "passed" for r in results) else 1
 

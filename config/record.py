@@ -13,3 +13,4 @@ optimizer = "muon"
 muon_learning_rate = 0.04  # config/cpu.py's; AdamW keeps learning_rate for the embeddings and gains
 weight_decay = 0.0  # as in config/cpu.py; dropout (from baseline.py) regularises this longer run
 position_encoding = "rope"
+compile_mode = "reduce-overhead"  # CUDA graphs: they shortened config/baseline.py's run on an H200 (BENCHMARKS.md)

@@ -1,6 +1,8 @@
 """bench.py runs each of its benchmarks on a tiny config and reports a row per run, and finds a GPU's peak for MFU by
 its name; no test here asserts a time."""
 
+from pathlib import Path
+
 import pytest
 
 import bench
@@ -50,10 +52,43 @@ def test_step_timing_with_compare_gives_a_fast_and_an_off_row(tiny_data, tmp_pat
 def test_time_to_target_reports_when_the_val_loss_first_reached_it(tiny_data, tmp_path):
     config = tiny_config(tmp_path, tiny_data, max_iters=20, eval_interval=10, eval_iters=2,
                          learning_rate=3e-3, warmup_iters=5)
-    reached = table_rows(bench.main([config, "--target_loss=3.7", "--repeats=1"]))
-    assert reached[0][4] == "10"  # the tiny model's val loss is about 4.07 at iter 0 and 3.66 at iter 10
-    never = table_rows(bench.main([config, "--target_loss=0.5", "--repeats=1"]))
-    assert never[0][3] == "not reached" and never[0][4] == "-"
+    (reached,) = table_rows(bench.main([config, "--target_loss=3.7", "--repeats=1"]))
+    # The tiny model's val loss is about 4.07 at iter 0 and 3.66 at iter 10, where the run stops.
+    assert reached[2] == reached[6] == "10" and float(reached[3]) <= 3.7
+    assert 0 <= float(reached[5]) < float(reached[4])  # training is part of the time from launch
+    (never,) = table_rows(bench.main([config, "--target_loss=0.5", "--repeats=1"]))
+    assert never[2] == "20" and never[4] == "not reached" and never[6] == "-"
+    assert float(never[7]) > 0  # a step's time, between iter 10 and 20
+
+
+def test_time_to_target_over_seeds_is_their_mean(tiny_data, tmp_path, monkeypatch):
+    config = tiny_config(tmp_path, tiny_data)
+    calls = []
+
+    def run(path, args, out_dir):  # what time_to_target reads from a run, made up: seed 1 is slower and worse
+        calls.append(args)
+        seed = int(next(a for a in args if a.startswith("--seed=")).split("=")[1])
+        return {"process_s": 10.0 * seed, "target_s": 10.0 * seed, "train_s": 4.0 * seed, "target_iter": 100,
+                "best_val_loss": 1.5 - seed / 100, "iter_num": 100, "step_s": 0.01, "compile_s": 2.0,
+                "outside_s": 3.0, "eval_s": 1.0, "params": 1000, "dtype": "float32"}
+
+    monkeypatch.setattr(bench, "time_to_target", run)
+    (row,) = table_rows(bench.main([config, "--target_loss=1.5", "--seeds=1,3"]))
+    assert [a[-1] for a in calls] == ["--seed=1", "--seed=3"] and all("--target_loss=1.5" in a for a in calls)
+    assert row[1] == "1,3" and row[3] == "1.4800" and row[4] == "20.0" and row[5] == "8.0" and row[7] == "10.0"
+
+
+def test_a_run_that_fails_gets_a_row_saying_why_and_the_others_still_run(tiny_data, tmp_path, capsys):
+    good = tiny_config(tmp_path, tiny_data, max_iters=10, eval_interval=5, eval_iters=2, warmup_iters=2)
+    broken = tmp_path / "broken.py"
+    broken.write_text(Path(good).read_text() + "data_dir = 'no/such/folder'\n")
+    with pytest.raises(SystemExit) as exc:
+        bench.main([good, str(broken), "--target_loss=0.5", "--repeats=1"])
+    out, err = capsys.readouterr()
+    rows = table_rows(out[out.index("| config |"):])
+    assert rows[0][0] == good and rows[0][2] == "10" and float(rows[0][3]) > 0.5
+    assert rows[1][0] == str(broken) and rows[1][3].startswith("failed (exit status 2): error: ")
+    assert exc.value.code == 2 and f"training {broken} failed: its row above says why" in err
 
 
 def test_sampling_times_each_cache_mode(tiny_data, tmp_path):
@@ -70,6 +105,16 @@ def test_bench_mistakes_are_reported_together(capsys):
     assert exc.value.code == 2 and "Traceback" not in err
     assert "unknown key 'iter' on the command line (did you mean 'iters'?)" in err
     assert "unknown key 'n_layers' on the command line (did you mean 'n_layer'?)" in err
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--seeds=1,2"], "--seeds gives the seeds of --target_loss's runs: add --target_loss, or leave --seeds out"),
+    (["--target_loss=1.5", "--seeds=1,x"], "'seeds' must be comma-separated whole numbers (e.g. 1,2,3), got '1,x'"),
+])
+def test_seeds_mistakes_are_one_line_each(args, message, capsys):
+    with pytest.raises(SystemExit) as exc:
+        bench.main(["config/cpu.py", *args])
+    assert exc.value.code == 2 and f"error: {message}" in capsys.readouterr().err
 
 
 def test_bench_times_the_step_train_py_takes():

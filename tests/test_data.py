@@ -8,15 +8,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 import data
 import evaluate
 import prepare_shakespeare
 import train
-from conftest import SHAKESPEARE, build_vocab, tiny_train_args
+from conftest import SHAKESPEARE, build_vocab, evaluate_on, tiny_train_args
 from configurator import UsageError
 from data import decode, encode, load_data
 from evaluate import eval_token_count, window_starts
+from model import GPT, GPTConfig
 
 
 def prepare(text_bytes: bytes, tmp_path, **options) -> dict:
@@ -130,3 +132,19 @@ def test_a_pytorch_that_cannot_index_unsigned_tensors_reads_the_same_ids(tiny_da
     assert got.dtype == torch.int16
     batch = [train.get_batch(ids, 16, 4, torch.Generator().manual_seed(0), "cpu") for ids in (expected, got)]
     assert all(torch.equal(a, b) for a, b in zip(*batch))
+
+
+def test_evaluation_batches_have_one_shape_and_the_loss_of_each_window_alone():
+    """The split's last windows share one batch filled out with ignored targets, so that a compiled model sees one
+    shape; the loss is still the mean over exactly the split's targets, each window as if evaluated alone."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=11, block_size=16, n_layer=1, n_head=2, n_embd=16, dropout=0.0)).eval()
+    ids = torch.randint(11, (16 * 9 + 6,))  # 9 whole windows of 16 targets, then a last one of 5
+    batches = list(evaluate.eval_batches(ids, 16, 4, 0, torch.device("cpu")))
+    assert [tuple(x.shape) for x, _, _ in batches] == [(4, 16)] * 3 and [n for *_, n in batches] == [64, 64, 21]
+    with torch.no_grad():
+        windows = [(ids[i:min(i + 16, len(ids) - 1)], ids[i + 1:i + 17]) for i in range(0, len(ids) - 1, 16)]
+        expected = [F.cross_entropy(model(x[None])[0][0], y, reduction="sum") for x, y in windows]  # the last: 5
+    got = evaluate_on(model, ids, block_size=16, batch_size=4, max_tokens=0)
+    assert got["val_loss_tokens"] == len(ids) - 1 == int(got["val_counts"][evaluate.TARGETS].sum())
+    assert got["val_loss"] == pytest.approx(sum(expected).item() / (len(ids) - 1), rel=1e-5)

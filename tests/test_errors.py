@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+import bench
 import checkpoint
 import compare
 import export
@@ -131,6 +132,16 @@ def _(ctx):
 @scenario("Learning rate <= 0")
 def _(ctx):
     ctx.train(learning_rate=0)
+
+
+@scenario("A negative target")
+def _(ctx):
+    ctx.train(target_loss=-1)
+
+
+@scenario("Seeds for a benchmark that takes none")
+def _(ctx):
+    bench.main(["config/cpu.py", "--seeds=1,2,3"])
 
 
 @scenario("Nesterov momentum without momentum")

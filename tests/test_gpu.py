@@ -120,3 +120,52 @@ def test_the_data_is_kept_on_the_gpu_when_it_fits_else_batches_come_from_the_hos
     summary = train.main(tiny_train_args(tiny_data, tmp_path / "run", device="cuda", dtype="float32",
                                          compile="false", max_iters=20))
     assert summary["status"] == "finished" and summary["best_val_loss"] < 4.0
+
+
+def test_a_speedrun_style_run_compiles_muon_and_stops_at_its_target(tiny_data, tmp_path):
+    """config/speedrun.py's path, tiny: Muon with its iteration compiled, CUDA graphs, evaluations near target_loss,
+    and a run that ends at the first one at or below it, having saved both checkpoints there."""
+    whole = tmp_path / "whole"
+    settings = dict(device="cuda", compile="true", compile_mode="reduce-overhead", optimizer="muon",
+                    muon_learning_rate=0.03, position_encoding="rope", dropout=0.0, log_interval=2)
+    train.main(tiny_train_args(tiny_data, whole, eval_interval=2, **settings))
+    target = read_metrics(whole)[10]["val_loss"]
+    race = tmp_path / "race"
+    summary = train.main(tiny_train_args(tiny_data, race, eval_interval=100, target_loss=target,
+                                         target_eval_interval=2, **settings))
+    assert summary["status"] == "target_reached" and summary["best_val_loss"] <= target
+    assert 0 < summary["eval_s"] < summary["elapsed_s"]
+    assert torch.load(race / "ckpt.pt", weights_only=True, map_location="cpu")["iter_num"] == summary["iter_num"]
+
+
+def test_muons_compiled_iteration_on_the_gpu_matches_the_eager_one():
+    from optim import Muon
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    shapes = [(64, 192), (192, 64), (64, 64)]
+    runs = []
+    for compiled in (False, True):
+        weights = [torch.randn(s, generator=gen.manual_seed(i), device="cuda").requires_grad_()
+                   for i, s in enumerate(shapes)]
+        optimizer = Muon([{"params": weights, "use_muon": True}], lr=0.02, momentum=0.95, fused=True,
+                         compiled=compiled)
+        for step in range(3):
+            for i, w in enumerate(weights):
+                w.grad = torch.randn(w.shape, generator=gen.manual_seed(100 * step + i), device="cuda")
+            optimizer.step()
+        runs.append([w.detach() for w in weights])
+    for eager, compiled in zip(*runs):
+        torch.testing.assert_close(compiled, eager, atol=2e-2, rtol=2e-2)  # bf16 iteration, fused differently
+
+
+def test_a_compiled_evaluation_compiles_once_whatever_the_split_length():
+    """Every evaluation batch has one shape (evaluate.eval_batches fills out the last one), so evaluating a split whose
+    length is no multiple of the batch, twice, compiles the evaluation once and never again."""
+    from contextlib import nullcontext
+    torch.manual_seed(0)
+    model = train.build(replace(train.TrainConfig(), **TINY), vocab_size=20, device="cuda")[0]
+    model.compile(mode="reduce-overhead")
+    ids = torch.randint(20, (32 * 70 + 7,), device="cuda")  # 70 windows and a last, shorter one
+    cfg = replace(train.TrainConfig(), **TINY)
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        losses = [train.estimate_loss(model, {"val": (ids, 0)}, cfg, nullcontext())["val_loss"] for _ in range(2)]
+    assert losses[0] == pytest.approx(losses[1])

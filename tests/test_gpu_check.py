@@ -53,3 +53,19 @@ def test_the_check_runs_the_gpu_tests_and_the_measurements_the_issue_names():
     assert "bench.py config/baseline.py --compare" in commands["compare"]
     assert "--target_loss=1.4697" in commands["target"] and "--compile_mode=reduce-overhead" in commands["graphs"]
     assert "--sample" in commands["sample"] and "config/record.py" in commands["record"]
+    assert "--target_loss=1.4697" in commands["speedrun"] and "{winner}" in commands["seeds"]
+    assert "tune.py config/record.py seed=1,2,3" in commands["seeds"]
+
+
+def test_the_speedrun_candidates_exist_and_the_winner_is_the_soonest_from_launch(tmp_path):
+    gpu_check = load_gpu_check()
+    assert all((REPO / path).is_file() for path in gpu_check.SPEEDRUN_CANDIDATES)
+    assert gpu_check.speedrun_winner(tmp_path) == "config/speedrun.py"  # no speedrun log yet: the first candidate
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "logs" / "speedrun.log").write_text(
+        "python bench.py ...\n"
+        "| config | seeds | iters | best val loss (median) | s from launch to val loss <= 1.4697 |\n"
+        "| --- | --- | --- | --- | --- |\n| config/speedrun.py | - | 1300 | 1.4690 | 41.5 |\n"
+        "| config/speedrun_adamw.py | - | 1600 | 1.4801 | not reached |\n"
+        "| config/speedrun_bigbatch.py | - | 1100 | 1.4695 | 38.2 |\n")
+    assert gpu_check.speedrun_winner(tmp_path) == "config/speedrun_bigbatch.py"

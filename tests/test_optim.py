@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import devices
 import optim
 import train
 from conftest import evaluate_on, tiny_train_args
@@ -227,3 +228,41 @@ def test_a_muon_run_starts_without_importing_torch_compile():
             "o.step(); o.zero_grad(); o.load_state_dict(o.state_dict()); "
             "assert 'torch._dynamo' not in sys.modules, 'imported'")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parent.parent)
+
+
+def muon_steps(fused: bool, compiled: bool = False, steps: int = 3) -> list[torch.Tensor]:
+    """The weights after a few Muon steps on fixed gradients: two matrix shapes, and a gain that AdamW steps."""
+    gen = torch.Generator().manual_seed(0)
+    weights = [torch.randn(s, generator=gen).requires_grad_() for s in [(8, 16), (16, 8), (8, 8)]]
+    gain = torch.ones(8, requires_grad=True)
+    optimizer = Muon([{"params": weights, "use_muon": True, "weight_decay": 0.1}, {"params": [gain]}], lr=0.05,
+                     momentum=0.9, weight_decay=0.1, fused=fused, compiled=compiled)
+    for _ in range(steps):
+        for p in [*weights, gain]:
+            p.grad = torch.randn(p.shape, generator=gen)
+        optimizer.step()
+    return [p.detach() for p in [*weights, gain]]
+
+
+@pytest.mark.skipif(not devices.fused_adamw_available("cpu"), reason="this PyTorch has no fused AdamW for the CPU")
+def test_muons_fused_adamw_part_steps_like_its_loop():
+    for fused, looped in zip(muon_steps(fused=True), muon_steps(fused=False)):
+        torch.testing.assert_close(fused, looped)
+
+
+def test_muon_state_saved_with_a_python_int_step_still_loads_and_steps():
+    w = torch.ones(4, requires_grad=True)
+    optimizer = Muon([{"params": [w]}], lr=0.1)
+    optimizer.load_state_dict({"state": {0: {"step": 3, "exp_avg": torch.zeros(4), "exp_avg_sq": torch.zeros(4)}},
+                               "param_groups": [{**optimizer.defaults, "params": [0]}]})
+    w.grad = torch.ones(4)
+    optimizer.step()
+    assert optimizer.state[w]["step"].item() == 4 and w.detach().lt(1).all()
+
+
+@pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None,
+                    reason="inductor's CPU backend needs a C++ compiler (.ci/run says how CI gets one)")
+def test_muons_compiled_iteration_steps_like_the_eager_one():
+    torch._dynamo.reset()
+    for compiled, eager in zip(muon_steps(fused=False, compiled=True), muon_steps(fused=False)):
+        torch.testing.assert_close(compiled, eager, atol=1e-3, rtol=1e-3)

@@ -14,6 +14,7 @@ import runlog
 import sample
 import train
 from conftest import REPO, RunsCodeWhenUnpickled, evaluate_on, tiny_train_args
+from checkpoint import RunState
 from evaluate import CORRECT, PREDICTED, TARGETS, TOP5, accuracies, classification_metrics
 from model import GPT, GPTConfig
 from optim import make_optimizer
@@ -36,7 +37,7 @@ def test_tiny_run_writes_its_records_and_learns(tiny_run):
     assert [m["iter_num"] for m in metrics] == [0, 10, 20, 30, 40]
     assert set(runlog.METRICS_KEYS) == metrics[0].keys() == {
         "iter_num", "train_loss", "val_loss", "val_ppl", "val_bpc", "val_acc", "val_top5", "lr", "elapsed_s",
-        "tokens_seen", "val_loss_tokens", "train_loss_tokens"}
+        "eval_s", "tokens_seen", "val_loss_tokens", "train_loss_tokens"}
     assert all(m["val_ppl"] == pytest.approx(math.exp(m["val_loss"]), rel=1e-4) for m in metrics)
     assert all(m["val_bpc"] == pytest.approx(m["val_loss"] / math.log(2), rel=1e-5) for m in metrics)
     assert all(0 <= m["val_acc"] <= m["val_top5"] <= 1 for m in metrics)
@@ -160,7 +161,7 @@ def test_summary_flags_a_val_loss_that_rose_after_its_best(tmp_path):
                  "val_acc": 0.5, "val_top5": 0.9, "tokens_seen": i * 10} for i, t, v in curve]
         (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
         return runlog.finish(tmp_path, "finished", {"precision_macro": 0.5, "recall_macro": 0.4, "f1_macro": 0.45},
-                             params=1, max_iters=20, elapsed_s=1.0, tokens_per_s=10.0)
+                             params=1, max_iters=20, state=RunState(elapsed_s=1.0), tokens_per_s=10.0)
 
     summary = summary_of([(0, 4.0, 4.0), (10, 1.5, 1.60), (20, 1.2, 1.65)])
     assert summary["overfit"] is True and summary["val_rise_after_best"] == pytest.approx(0.05)

@@ -146,3 +146,12 @@ def test_fixed_settings_reach_each_trial_as_typed(tmp_path):
     command = tune.train_command(tmp_path / "base.py", tmp_path / "trial", {"bias": None, "max_iters": "5e2"},
                                  {"learning_rate": 0.002})
     assert command[-3:] == ["--bias", "--max_iters=5e2", "--learning_rate=0.002"]  # a bare --bias stays a bare flag
+
+
+def test_a_search_over_seeds_alone_gives_their_mean():
+    rows = [{"rank": 1, "best_val_loss": 1.40}, {"rank": 2, "best_val_loss": 1.44},
+            {"rank": None, "best_val_loss": None}]
+    line = tune.seeds_line(rows, ["seed"])  # the unfinished trial does not count
+    assert line == "\nmean best val loss over 2 seeds: 1.4200 (from 1.4000 to 1.4400)\n"
+    assert tune.seeds_line(rows, ["seed", "n_layer"]) == ""  # another key varies too: no one recipe's spread
+    assert tune.seeds_line(rows[:1], ["seed"]) == ""  # one seed is no spread
