@@ -123,7 +123,8 @@ def load_model(run_dir: Path, device: str):
     model = GPT(GPTConfig(**ckpt["model_config"]))
     model.load_state_dict(ckpt["model"])
     model.to(device).eval()
-    info = {"path": str(path), "iter_num": ckpt["iter_num"], "best_val_loss": ckpt["best_val_loss"]}
+    info = {"path": str(path), "iter_num": ckpt["iter_num"], "best_val_loss": ckpt["best_val_loss"],
+            "train_config": ckpt.get("train_config") or {}}  # the run's settings: its data_dir, eval_tokens, ...
     return model, ckpt["vocab"], info
 
 

@@ -1,26 +1,31 @@
-"""Compare training runs side by side: a markdown report with their settings, results, loss curves and samples.
+"""Compare training runs side by side: a markdown report with their settings, results, loss curves, what each
+character of context and each layer gives them, and their samples.
 
     python compare.py out/nanogpt_cpu out/cpu                       # before and after tuning -> out/compare/
     python compare.py out/a out/b out/c --output=out/abc --start="ROMEO:" --max_new_tokens=200
 
-Writes OUTPUT/report.md and OUTPUT/val_loss.png. The first run is the reference: each other run's row lists the
-settings in which it differs from it. Every run's sample comes from the same prompt and seed, so the text before
-and after a change can be read side by side.
+Writes OUTPUT/report.md, OUTPUT/val_loss.png and OUTPUT/context.png. The first run is the reference: each other
+run's row lists the settings in which it differs from it. Each run's val loss at each position of its window and
+after each layer (explain.py's measures, over the run's own evaluation windows) show where a gain came from: more
+context, or more layers. Every run's sample comes from the same prompt and seed, so the text before and after a
+change can be read side by side, followed by the text the run wrote at each of its evaluations.
 """
 
 import math
-import re
+import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
 from checkpoint import checkpoint_path, load_model
 from configurator import UsageError, build_config, parse_args, run_command
 from data import encode
+from explain import draw_context_curves, run_val_measures
 from files import ensure_dir, write_atomic
 from plot import plot_runs, run_names
-from runlog import best_eval, format_duration, read_config, read_metrics, read_run_info, read_summary
+from runlog import (best_eval, format_duration, read_config, read_metrics, read_run_info, read_summary,
+                    samples_over_training)
 from sample import generate_texts, read_prompt
-from tables import fmt, markdown_table
+from tables import fenced, fmt, markdown_table, text_over_training
 
 # config.json keys that say where or how a run was executed, not what was trained: a difference in them is noise.
 # (init_from says where the weights started, but a resumed run's says resume: the report uses origin() instead.)
@@ -38,6 +43,7 @@ class CompareConfig:
     start: str = "\n"  # the prompt every run's sample starts from, or FILE:path to read it from a file
     seed: int = 1337  # the sampling seed, the same for every run
     max_new_tokens: int = 300  # characters generated per sample
+    inside: bool = True  # also measure each run's val loss by context position and by layer (reads its val split)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -112,15 +118,32 @@ def results_table(names: list[str], differences: list[list[str]], results: list[
     return markdown_table(header, rows)
 
 
-def fenced(text: str) -> str:
-    """text in a code block whose fence is longer than any run of backticks inside it."""
-    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
-    fence = "`" * max(3, longest + 1)
-    return f"{fence}text\n{text}\n{fence}"
+def inside_section(names: list[str], measures: list[dict]) -> list[str]:
+    """The report's lines on each run's val loss by context position and by layer (explain.run_val_measures)."""
+    longest = max(len(m["context_loss"]) for m in measures)
+    # positions 1, 2-3, 4-7, ...: one position holds too few targets for a steady mean
+    ranges = [(2 ** k, min(2 ** (k + 1) - 1, longest)) for k in range(longest.bit_length())]
+    by_position = [[f"{first}" if first == last else f"{first}-{last}",
+                    *[fmt(statistics.mean(m["context_loss"][first - 1:last]), ".4f")
+                      if first <= len(m["context_loss"]) else None for m in measures]] for first, last in ranges]
+    depth = max(len(m["layer_loss"]) for m in measures)
+    by_layer = [["embeddings" if i == 0 else f"after block {i - 1}",
+                 *[f"{m['layer_loss'][i]:.4f} ({m['layer_acc'][i]:.1%})" if i < len(m["layer_loss"]) else None
+                   for m in measures]] for i in range(depth)]
+    return ["## Where the loss goes: context and layers", "",
+            "![val loss at each position of the window](context.png)", "",
+            "The mean val loss with 1, 2-3, 4-7, ... characters of context (the positions in the window), over each "
+            "run's own evaluation windows: a run that gains only at long contexts gained from its longer block.", "",
+            markdown_table(["characters of context", *names], by_position), "",
+            "The val loss (top-1 accuracy) if the model predicted from its residual stream after the embeddings and "
+            "after each block (the final norm and output layer applied there): the last row of a run is the run "
+            "itself, and the drop from row to row is what that block adds.", "",
+            markdown_table(["residual stream", *names], by_layer), ""]
 
 
 def write_report(path: Path, names: list[str], differences: list[list[str]], results: list[dict],
-                 samples: list[tuple[str, str]], prompt: str, seed: int, max_new_tokens: int) -> None:
+                 samples: list[tuple[str, str]], prompt: str, seed: int, max_new_tokens: int, inside: list[str],
+                 over_training: list[list[tuple[int, str]]]) -> None:
     parts = [
         "# Run comparison",
         "",
@@ -132,13 +155,16 @@ def write_report(path: Path, names: list[str], differences: list[list[str]], res
         "",
         "![loss curves: val solid, train dashed](val_loss.png)",
         "",
+        *inside,
         "## Samples",
         "",
         f"Each run's sample starts from the prompt {prompt!r}, with seed {seed}, temperature {TEMPERATURE}, "
-        f"all characters as candidates (no top_k) and {max_new_tokens} new characters.",
+        f"all characters as candidates (no top_k) and {max_new_tokens} new characters. Below each, the text the "
+        "run wrote at each of its evaluations (train.py's eval_sample_chars), in order.",
     ]
-    for name, (checkpoint, text) in zip(names, samples):
-        parts += ["", f"### {name}", "", f"From `{checkpoint}`.", "", fenced(text)]
+    for name, (checkpoint, text), written in zip(names, samples, over_training):
+        parts += ["", f"### {name}", "", f"From `{checkpoint}`.", "", fenced(text), ""]
+        parts += text_over_training(written) if written else ["(no text at its evaluations)"]
     write_atomic(path, "\n".join(parts) + "\n")
 
 
@@ -182,11 +208,24 @@ def compare(argv: list[str]) -> Path:
                                SAMPLE_DEVICE)
         samples.append((info["path"], text))
 
+    measures, inside = [], []
+    try:
+        for name, (model, vocab, _), config in zip(names, models, configs) if cfg.inside else ():
+            print(f"measuring {name}'s val loss by context position and by layer (--inside=false skips this) ...")
+            measures.append(run_val_measures(model, vocab, config))
+    except UsageError as e:  # its data moved or changed: the rest of the report still stands
+        print(f"not measured by context and layer: run {name}: {e}")
+        measures, inside = [], ["## Where the loss goes: context and layers", "", f"Not measured: run {name}: {e}", ""]
+
     output = ensure_dir(cfg.output, key="output")
     plot_runs(run_dirs, output / "val_loss.png")
+    if measures:
+        draw_context_curves({name: m["context_loss"] for name, m in zip(names, measures)}, output / "context.png")
     report = output / "report.md"
-    write_report(report, names, differences, results, samples, prompt, cfg.seed, cfg.max_new_tokens)
-    print(f"wrote {report} and {output / 'val_loss.png'}")
+    write_report(report, names, differences, results, samples, prompt, cfg.seed, cfg.max_new_tokens,
+                 inside_section(names, measures) if measures else inside,
+                 [samples_over_training(metrics) for metrics in all_metrics])
+    print(f"wrote {report}, {output / 'val_loss.png'}{' and context.png' if measures else ''}")
     return report
 
 

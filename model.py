@@ -152,7 +152,9 @@ class CausalSelfAttention(nn.Module):
             self.q_norm = make_norm(config, hs)  # one gain per head dimension
             self.k_norm = make_norm(config, hs)
 
-    def forward(self, x, cache: KVCache | None = None, layer: int = 0, rotary=None):
+    def queries_keys_values(self, x, rotary=None):
+        """q, k, v of x (B, T, C) for every head, each (B, nh, T, hs): q and k as attention compares them, after
+        qk_norm and rotary positions where the model has them."""
         B, T, C = x.size()  # batch, sequence length, n_embd
         q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
         hs = C // self.n_head
@@ -164,6 +166,20 @@ class CausalSelfAttention(nn.Module):
             q, k = self.q_norm(q.float()).to(v.dtype), self.k_norm(k.float()).to(v.dtype)
         if rotary is not None:  # (cos, sin) of these T positions, for position_encoding = rope
             q, k = rotate(q, *rotary), rotate(k, *rotary)
+        return q, k, v
+
+    def attention_weights(self, x, rotary=None) -> torch.Tensor:
+        """(B, nh, T, T): how much each position takes from each position up to it, softmax(q k^T / sqrt(hs)) under
+        the causal mask. scaled_dot_product_attention computes these weights times v without keeping them."""
+        q, k, _ = self.queries_keys_values(x, rotary)
+        scores = (q @ k.transpose(-2, -1)).float() / math.sqrt(q.size(-1))  # (B, nh, T, T)
+        T = x.size(1)
+        causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
+        return scores.masked_fill(~causal, float("-inf")).softmax(dim=-1)
+
+    def forward(self, x, cache: KVCache | None = None, layer: int = 0, rotary=None):
+        B, T, C = x.size()  # batch, sequence length, n_embd
+        q, k, v = self.queries_keys_values(x, rotary)  # (B, nh, T, hs) each
         has_past = cache is not None and len(cache) > 0
         if has_past:
             # Decoding one new position: it may attend to every cached position, so no mask is needed.
@@ -322,17 +338,20 @@ class GPT(nn.Module):
         """
         assert cache in GENERATION_CACHES, f"unknown cache {cache!r}: choose one of {', '.join(GENERATION_CACHES)}"
         block_size = self.config.block_size
+        # forward itself, not the module's call: a model compiled for training (train.py's evaluation sample) would
+        # recompile for each new length, where eager runs at once.
+        forward = self.forward
         kv = None  # the KV cache: keys and values of positions 0 .. len(kv) - 1 of the current window
         logits = None
         for _ in range(max_new_tokens):
             if cache == "none" or (cache == "exact" and idx.size(1) > block_size):
-                logits, _ = self(idx[:, -block_size:])  # the whole window: (B, T, vocab_size)
+                logits, _ = forward(idx[:, -block_size:])  # the whole window: (B, T, vocab_size)
             elif kv is None or len(kv) == block_size:  # the first step, or (approximate only) a full cache
                 kv = KVCache(self.config.n_layer)
                 keep = block_size if logits is None else block_size // 2
-                logits, _ = self(idx[:, -keep:], cache=kv)
+                logits, _ = forward(idx[:, -keep:], cache=kv)
             else:
-                logits, _ = self(idx[:, -1:], cache=kv)  # the newest token, at position len(kv)
+                logits, _ = forward(idx[:, -1:], cache=kv)  # the newest token, at position len(kv)
             next_logits = logits[:, -1, :]  # (B, vocab_size)
             if temperature == 0:
                 idx_next = next_logits.argmax(dim=-1, keepdim=True)

@@ -2,7 +2,7 @@
 
     config.json    the resolved config: every key, with auto resolved to what was used
     run.json       what made the run: command line, git commit, versions, device, processes, parameters, start time
-    metrics.jsonl  one JSON line per evaluation (METRICS_KEYS)
+    metrics.jsonl  one JSON line per evaluation (METRICS_KEYS): its numbers, and the text the model wrote then
     summary.json   written when a run ends: its best and final evaluations, overfitting, time and throughput
 
 train.py writes them; plot.py, compare.py, tune.py and bench.py read them here. Runs written before a quantity got its
@@ -30,7 +30,7 @@ from files import read_json, write_atomic, write_json
 from trackers import TRACKER_DIRS
 
 METRICS_KEYS = ("iter_num", "train_loss", "val_loss", "val_ppl", "val_bpc", "val_acc", "val_top5", "lr", "elapsed_s",
-                "eval_s", "tokens_seen", "val_loss_tokens", "train_loss_tokens")
+                "eval_s", "tokens_seen", "val_loss_tokens", "train_loss_tokens", "sample")  # sample: eval_sample_chars
 LEGACY_NAMES = {"iter": "iter_num", "iters": "iter_num", "tokens": "tokens_seen", "wall_time_s": "elapsed_s"}
 STATUS_NOTES = {"early_stopped": " | early stopped", "target_reached": " | target_loss reached"}  # in the last line
 OVERFIT_MARGIN = 0.01  # nats the val loss may rise after its best before summary.json flags the run as overfitting
@@ -132,9 +132,10 @@ def git_commit() -> str | None:
     return out.stdout.strip() + ("-dirty" if dirty else "")
 
 
-def log_evaluation(out_dir: Path, state, evaluation: dict, lr: float, improved: bool, trackers=()) -> dict:
+def log_evaluation(out_dir: Path, state, evaluation: dict, lr: float, improved: bool, trackers=(),
+                   sample: str | None = None) -> dict:
     """Add one line to metrics.jsonl for the evaluation at state.iter_num (a RunState; evaluation: train.py's
-    estimate_loss), print it, pass it to the trackers, and return it."""
+    estimate_loss; sample: the text the model wrote then, if any), print it, pass it to the trackers, and return it."""
     val_loss, train_loss = evaluation["val_loss"], evaluation["train_loss"]
     val_acc, val_top5 = accuracies(evaluation["val_counts"])
     record = {"iter_num": state.iter_num, "train_loss": round(train_loss, 6), "val_loss": round(val_loss, 6),
@@ -143,6 +144,8 @@ def log_evaluation(out_dir: Path, state, evaluation: dict, lr: float, improved: 
               "lr": lr, "elapsed_s": round(state.elapsed_s, 3), "eval_s": round(state.eval_s, 3),
               "tokens_seen": state.tokens_seen,
               "val_loss_tokens": evaluation["val_loss_tokens"], "train_loss_tokens": evaluation["train_loss_tokens"]}
+    if sample is not None:
+        record["sample"] = sample
     path = out_dir / "metrics.jsonl"
     logged = path.read_text(encoding="utf-8") if path.is_file() else ""
     write_atomic(path, logged + json.dumps(record) + "\n")  # the whole file anew: never a line cut short
@@ -277,6 +280,11 @@ def read_metrics(run_dir, required=("iter_num", "train_loss", "val_loss")) -> li
     if not records:
         raise UsageError(f"{path} is empty: the run has not reached its first evaluation yet")
     return records
+
+
+def samples_over_training(metrics: list[dict]) -> list[tuple[int, str]]:
+    """(iter_num, text) of each evaluation that wrote a sample (train.py's eval_sample_chars), in order."""
+    return [(m["iter_num"], m["sample"]) for m in metrics if isinstance(m.get("sample"), str)]
 
 
 def read_summary(run_dir: Path) -> dict | None:

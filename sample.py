@@ -92,6 +92,35 @@ def generate_texts(model: GPT, vocab: list[str], prompt: str, num_samples: int, 
     return [decode(row, vocab) for row in out.tolist()]
 
 
+EVAL_SAMPLE_PROMPT = "\n"  # where the text a run writes at its evaluations starts: a new line, as here by default
+
+
+def sample_due(iter_num: int, eval_interval: int, ending: bool) -> bool:
+    """Whether train.py's evaluation at iter_num writes a sample: at iter 0, at 1, 2, 4, 8, ... eval_intervals, and at
+    the run's end. The text changes fastest early; and on a GPU, where generating is mostly kernel launches, a sample
+    at every evaluation of a long run would slow it by more than 2% (BENCHMARKS.md)."""
+    evaluations, rest = divmod(iter_num, eval_interval)
+    return ending or (rest == 0 and evaluations & (evaluations - 1) == 0)
+
+
+@torch.no_grad()
+def evaluation_sample(model: GPT, vocab: list[str], max_new_tokens: int, seed: int, iter_num: int,
+                      eval_interval: int, ending: bool) -> str | None:
+    """The text train.py writes at its evaluation at iter_num (metrics.jsonl's "sample"; its eval_sample_chars), None
+    where none is due (sample_due) or for 0 characters: from a new line, with the same seed each time, so that a
+    run's samples differ only by what the model has learnt. The model samples in eval mode (no dropout) and goes back
+    to the mode it was in; the generator is its own, so training's random state is untouched and a resumed run stays
+    exact."""
+    if max_new_tokens == 0 or not sample_due(iter_num, eval_interval, ending):
+        return None
+    prompt = EVAL_SAMPLE_PROMPT if EVAL_SAMPLE_PROMPT in vocab else vocab[0]
+    training, device = model.training, next(model.parameters()).device
+    model.eval()
+    text, = generate_texts(model, vocab, prompt, 1, max_new_tokens, SampleConfig.temperature, 0, seed, device)
+    model.train(training)
+    return text
+
+
 def sample(argv=None) -> list[str]:
     positional, options = parse_args(argv)
     refuse_positional(positional)

@@ -47,7 +47,9 @@ class TensorBoardTracker:
 
     def log(self, record: dict) -> None:
         for key, value in record.items():
-            if key != "iter_num":
+            if isinstance(value, str):  # the sample: text over training, under TensorBoard's Text tab
+                self.writer.add_text(key, value, global_step=record["iter_num"])
+            elif key != "iter_num":
                 self.writer.add_scalar(key, value, global_step=record["iter_num"])
         self.writer.flush()
 

@@ -18,7 +18,7 @@ and in model.py (the GPT). The rest of a run comes from modules of one concern e
     optim.py         optimizers, L1, weight average       evaluate.py             an evaluation's windows and counts
     devices.py       device, precision, torchrun, stops   checkpoint.py           ckpt.pt and best.pt, resume
     runlog.py        the run record: its JSON files       files.py                one run at a time in an out_dir
-    trackers.py      Weights & Biases and TensorBoard
+    trackers.py      Weights & Biases and TensorBoard     sample.py               the text at evaluations
 """
 
 import math
@@ -43,6 +43,7 @@ from files import lock_folder
 from model import GPT, GPTConfig, ModelConfig
 from optim import ema_copy, l1_norm, make_optimizer, update_ema
 from prepare_shakespeare import prepare_if_missing
+from sample import evaluation_sample
 from trackers import missing_packages, trackers
 
 
@@ -69,6 +70,7 @@ class TrainConfig(ModelConfig):
     early_stop_patience: int = 0  # stop after this many evaluations without a better val loss; 0 = never
     target_loss: float = 0.0  # > 0: end the run at the first val loss at or below this; 0 = off
     target_eval_interval: int = 0  # with target_loss: steps between evaluations once near it; 0 = off
+    eval_sample_chars: int = 100  # characters sampled at evaluations 0, 1, 2, 4, 8.. and the last; 0 = none
     log_interval: int = 10  # optimizer steps between progress-bar updates (each reads the loss: a host sync)
     wandb_log: bool = False  # also log each evaluation and the config to Weights & Biases (pip install wandb)
     wandb_project: str = "shakespeare-char"  # the Weights & Biases project
@@ -118,7 +120,7 @@ def validate(cfg: TrainConfig) -> None:
         if getattr(cfg, key) <= 0:
             problems.append(f"'{key}' must be a positive integer, got {getattr(cfg, key)}")
     for key in ("max_iters", "warmup_iters", "min_lr", "weight_decay", "grad_clip", "early_stop_patience", "l1",
-                "eval_tokens", "target_loss", "target_eval_interval"):
+                "eval_tokens", "target_loss", "target_eval_interval", "eval_sample_chars", "freeze_layers"):
         if getattr(cfg, key) < 0:
             problems.append(f"'{key}' must be >= 0, got {getattr(cfg, key)}")
     # A run from a trained model takes its shape from the checkpoint: a mix of given and default shape keys is no
@@ -149,9 +151,7 @@ def validate(cfg: TrainConfig) -> None:
         problems.append(f"'lr_decay_iters' must be >= 0, or -1 for max_iters; got {cfg.lr_decay_iters}")
     if devices.parse_device(cfg.device) is None:
         problems.append(f"'device' must be {devices.DEVICE_CHOICES}, got '{cfg.device}'")
-    if cfg.freeze_layers < 0:
-        problems.append(f"'freeze_layers' must be >= 0, got {cfg.freeze_layers}")
-    elif cfg.freeze_layers and cfg.init_from == "scratch":
+    if cfg.freeze_layers > 0 and cfg.init_from == "scratch":
         problems.append("'freeze_layers' keeps trained layers fixed, and a run from scratch has none: give "
                         "--init_from the out_dir of a trained run, or leave freeze_layers out")
     if cfg.compile is False and cfg.compile_mode != "default":
@@ -341,8 +341,7 @@ def run(argv=None) -> dict | None:
                                         announce=ranks.master)
             resumed_at = state.iter_num  # its evaluation there is logged already
         if ranks.rank > 0:
-            # Each process needs its own dropout masks. A checkpoint holds rank 0's generators only, so the others
-            # reseed from their rank and the step: a resumed run goes on deterministically, not bit for bit.
+            # Own dropout masks: the checkpoint holds rank 0's generators, so the others reseed by rank and step.
             torch.manual_seed(cfg.seed + ranks.rank + ranks.world_size * state.iter_num)
         # With ema, the weights evaluated and saved are an average of the trained ones. Only rank 0 evaluates.
         ema_model = ema_copy(model, ema_weights) if cfg.ema > 0 and ranks.master else None
@@ -389,7 +388,9 @@ def run(argv=None) -> dict | None:
                 ending = last_step or status != "finished"  # the evaluations near target_loss save only at the end
                 keep = state.iter_num > 0 and (ending or state.iter_num % cfg.eval_interval == 0)
                 if ranks.master:
-                    runlog.log_evaluation(out_dir, state, evaluation, lr, improved, track)
+                    text = evaluation_sample(eval_model, model_vocab, cfg.eval_sample_chars, cfg.seed, state.iter_num,
+                                             cfg.eval_interval, ending)  # at evaluations 0, 1, 2, 4, 8.. and the last
+                    runlog.log_evaluation(out_dir, state, evaluation, lr, improved, track, text)
                     if keep and improved:
                         save(out_dir / "best.pt", about, state, eval_model)
                     if keep and (improved or cfg.always_save_checkpoint):
@@ -436,8 +437,7 @@ def run(argv=None) -> dict | None:
             raise SystemExit(130)
         if not ranks.master:
             return None
-        if evaluation is None:  # resumed at the very end: nothing was evaluated in this process
-            evaluation = estimate_loss(eval_model, splits, cfg, autocast)
+        evaluation = evaluation or estimate_loss(eval_model, splits, cfg, autocast)  # None: resumed at the very end
         tokens_per_s = (state.tokens_seen - tokens_before) / max(time.perf_counter() - t0, 1e-9)
         return runlog.finish(out_dir, status, classification_metrics(evaluation["val_counts"]), model.num_params(),
                              cfg.max_iters, state, tokens_per_s)

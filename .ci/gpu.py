@@ -40,6 +40,13 @@ STEPS = [
      "python bench.py config/baseline.py --target_loss=1.4697 --repeats=1 --compile_mode=reduce-overhead", 180),
     ("sample", "sampling speed, each cache mode, 500 characters",
      "python bench.py config/baseline.py --sample --repeats=3", 60),
+    ("explain", "explain.py on the GPU for a model of config/baseline.py's size (100 steps trained first), timed: "
+     "its goal is under a minute; the sample step's exact-cache ms per character times 200 is what train.py's "
+     "eval_sample_chars costs each evaluation",
+     "python train.py config/baseline.py --max_iters=100 --out_dir=out/gpu-check/explain --overwrite=True && "
+     "python -c \"import subprocess, sys, time; t = time.perf_counter(); subprocess.run([sys.executable, "
+     "'explain.py', '--out_dir=out/gpu-check/explain'], check=True); "
+     "print(f'explain.py: {time.perf_counter() - t:.1f} s wall')\"", 120),
     ("muon", "AdamW's step (baseline.py) against Muon's (record.py): ms/iter, tokens/s, MFU",
      "python bench.py config/baseline.py config/record.py", 120),
     ("record", "one seed of config/record.py (nanoGPT's compute: 5,000 x 16,384 tokens)",

@@ -5,7 +5,9 @@ import shutil
 import pytest
 
 import compare
+import explain
 import sample
+import tables
 import train
 from checkpoint import load_model
 from conftest import tiny_train_args
@@ -22,12 +24,13 @@ def two_runs(tmp_path_factory, tiny_data):
     return root / "a", root / "b"
 
 
-def table_rows(report: str) -> dict[str, dict[str, str]]:
-    """The report's results table as {run name: {column: cell}}."""
-    lines = [line for line in report.splitlines() if line.startswith("| ") and not line.startswith("| ---")]
+def table_rows(report: str, first_column: str = "run") -> dict[str, dict[str, str]]:
+    """The report's table whose header starts with first_column, as {first cell: {column: cell}}."""
+    table = report[report.index(f"| {first_column} |"):].split("\n\n")[0]
+    lines = [line for line in table.splitlines() if not line.startswith("| ---")]
     header = [c.strip() for c in lines[0].strip("|").split(" | ")]
     rows = [dict(zip(header, (c.strip() for c in line.strip("|").split(" | ")))) for line in lines[1:]]
-    return {row["run"]: row for row in rows}
+    return {row[first_column]: row for row in rows}
 
 
 def samples_by_run(report: str) -> dict[str, str]:
@@ -69,6 +72,31 @@ def test_report_holds_every_run_its_changes_and_samples(two_runs, tmp_path, caps
     # The same prompt and seed as sample.py would use, on the CPU.
     model, vocab, _ = load_model(a, "cpu")
     assert samples["a"] == sample.generate_texts(model, vocab, "First", 1, 40, 0.8, 200, 3, "cpu")[0]
+    for run_dir in (a, b):  # then the text it wrote at each evaluation, in order
+        section = report.split(f"### {run_dir.name}\n")[1].split("\n### ")[0]
+        written = re.findall(r"^At iter (\d+):\n\n```text\n(.*?)\n```$", section, flags=re.M | re.S)
+        assert written == [(str(m["iter_num"]), m["sample"]) for m in read_metrics(run_dir) if "sample" in m] != []
+
+
+def test_the_report_shows_where_the_loss_goes_by_context_and_by_layer(two_runs, tmp_path):
+    a, b = two_runs
+    report = compare.main([str(a), str(b), f"--output={tmp_path / 'report'}", "--max_new_tokens=5"]).read_text()
+    assert (tmp_path / "report" / "context.png").read_bytes().startswith(PNG_SIGNATURE) and "(context.png)" in report
+    by_position = table_rows(report, "characters of context")
+    assert list(by_position) == ["1", "2-3", "4-7", "8-15", "16"]  # the tiny runs' block_size is 16
+    by_layer = table_rows(report, "residual stream")
+    assert list(by_layer) == ["embeddings", "after block 0"]
+    for run_dir in (a, b):
+        model, vocab, _ = load_model(run_dir, "cpu")
+        measures = explain.run_val_measures(model, vocab, json.loads((run_dir / "config.json").read_text()))
+        context = measures["context_loss"]
+        assert [float(by_position[p][run_dir.name]) for p in by_position] == pytest.approx(
+            [context[0], sum(context[1:3]) / 2, sum(context[3:7]) / 4, sum(context[7:15]) / 8, context[15]], abs=1e-4)
+        best = min(m["val_loss"] for m in read_metrics(run_dir))  # the last layer is the model: its best.pt
+        assert float(by_layer["after block 0"][run_dir.name].split()[0]) == pytest.approx(best, abs=1e-4)
+    quick = compare.main([str(a), str(b), f"--output={tmp_path / 'quick'}", "--max_new_tokens=5",
+                          "--inside=false"]).read_text()
+    assert "characters of context" not in quick and not (tmp_path / "quick" / "context.png").exists()
 
 
 def test_summary_json_fills_the_row_and_its_absence_leaves_dashes(two_runs, tmp_path):
@@ -119,8 +147,8 @@ def test_config_differences_ignore_bookkeeping_and_name_missing_keys():
 
 
 def test_a_fence_longer_than_any_backticks_in_the_sample():
-    assert compare.fenced("plain") == "```text\nplain\n```"
-    assert compare.fenced("a ```` b").startswith("`````text\n")
+    assert tables.fenced("plain") == "```text\nplain\n```"
+    assert tables.fenced("a ```` b").startswith("`````text\n")
 
 
 def error_of(capsys, argv):

@@ -18,6 +18,7 @@ import torch
 import bench
 import checkpoint
 import compare
+import explain
 import export
 import files
 import plot
@@ -417,6 +418,19 @@ def _(ctx):
 @scenario("Prompt characters outside the vocabulary")
 def _(ctx):
     sample.main([f"--out_dir={ctx.run}", "--start=Zoë ✓", "--device=cpu"])
+
+
+@scenario("Explaining a model on data with characters it never saw")
+def _(ctx):
+    text = ctx.tmp / "new.txt"
+    text.write_text((ctx.data / "tiny.txt").read_text(encoding="utf-8") + "✓\n", encoding="utf-8")
+    prepare_shakespeare.main([f"--input={text}", f"--data_dir={ctx.tmp / 'new'}"])
+    explain.main([f"--out_dir={ctx.run}", f"--data_dir={ctx.tmp / 'new'}", "--device=cpu"])
+
+
+@scenario("A negative sample length")
+def _(ctx):
+    ctx.train(eval_sample_chars=-1)
 
 
 @scenario("`max_new_tokens` <= 0")

@@ -169,3 +169,53 @@ def test_a_compiled_evaluation_compiles_once_whatever_the_split_length():
     with torch._dynamo.config.patch(error_on_recompile=True):
         losses = [train.estimate_loss(model, {"val": (ids, 0)}, cfg, nullcontext())["val_loss"] for _ in range(2)]
     assert losses[0] == pytest.approx(losses[1])
+
+
+def test_the_evaluation_sample_of_a_compiled_model_runs_eager_and_recompiles_nothing():
+    """train.py samples at each evaluation from the model it compiled: generation calls forward itself, so the text
+    is the eager model's and the compiled evaluation around it is never recompiled."""
+    from contextlib import nullcontext
+    cfg = replace(train.TrainConfig(), **TINY)
+    torch.manual_seed(0)
+    model = train.build(cfg, vocab_size=20, device="cuda")[0].eval()
+    vocab = [chr(97 + i) for i in range(19)] + ["\n"]
+    eager = sample.evaluation_sample(model, vocab, 50, 3, 0, 1, ending=True)
+    model.compile(mode="reduce-overhead")
+    ids = torch.randint(20, (32 * 40,), device="cuda")
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        for _ in range(2):
+            train.estimate_loss(model, {"val": (ids, 0)}, cfg, nullcontext())
+            assert sample.evaluation_sample(model, vocab, 50, 3, 0, 1, ending=True) == eager
+
+
+@pytest.mark.parametrize("options", ["gpt2", "modern", "sinusoidal"])
+def test_explain_measures_on_the_gpu_equal_the_cpus(tiny_data, options, monkeypatch):
+    """explain.py's attention weights, context curve and layer-by-layer loss, for each architecture option, on the GPU
+    and on the CPU (plain float32 on both)."""
+    import explain
+    from test_explain import OPTIONS, model_on
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    from data import load_data
+    val_ids = load_data(tiny_data, "cpu", 16)[2]
+    measured = {}
+    for device in ("cpu", "cuda"):
+        model = model_on(tiny_data, **OPTIONS[options]).to(device)
+        idx = torch.arange(12, device=device)[None] % model.config.vocab_size
+        measured[device] = ([w.cpu() for w in explain.trace(model, idx)["attention"]],
+                            explain.val_measures(model, val_ids, 0, batch_size=8))
+    (cpu_maps, cpu_val), (gpu_maps, gpu_val) = measured["cpu"], measured["cuda"]
+    for cpu_weights, gpu_weights in zip(cpu_maps, gpu_maps):
+        torch.testing.assert_close(gpu_weights, cpu_weights, atol=1e-4, rtol=1e-4)
+    assert gpu_val["layer_loss"] == pytest.approx(cpu_val["layer_loss"], rel=1e-4)
+    assert gpu_val["context_loss"] == pytest.approx(cpu_val["context_loss"], rel=1e-4)
+
+
+def test_explain_runs_on_the_gpu_for_a_nanogpt_checkpoint(tiny_data, tmp_path):
+    import explain
+    from test_nanogpt_compat import nanogpt_model_for, write_nanogpt_run
+    model, args, meta = nanogpt_model_for(tiny_data)
+    write_nanogpt_run(tmp_path / "nanogpt", model.eval(), args, meta)
+    numbers = explain.main([f"--out_dir={tmp_path / 'nanogpt'}", f"--data_dir={tiny_data}", "--device=cuda",
+                            "--eval_tokens=0"])
+    assert len(numbers["layer_loss"]) == model.config.n_layer + 1 and numbers["samples"] == []
+    assert (tmp_path / "nanogpt" / "explain" / "attention.png").is_file()

@@ -52,6 +52,8 @@ def test_a_legacy_run_samples_plots_and_compares(legacy_run, tmp_path, capsys):
                            "--max_new_tokens=5"]).read_text()
     row = next(line for line in report.splitlines() if line.startswith("| old |"))
     assert "| 3.6699 | 20 |" in row and "| 0.2s |" in row and "| finished |" in row  # from the old summary.json
+    # its data is gone: the rest of the report stands, and it says why context and layers were not measured
+    assert "Not measured: run old: /tmp/legacy/data/meta.json not found" in report
 
 
 def test_a_legacy_checkpoint_resumes_where_it_stopped(legacy_run, tiny_data, tmp_path):

@@ -35,9 +35,9 @@ def test_tiny_run_writes_its_records_and_learns(tiny_run):
 
     metrics = read_metrics(tiny_run)
     assert [m["iter_num"] for m in metrics] == [0, 10, 20, 30, 40]
-    assert set(runlog.METRICS_KEYS) == metrics[0].keys() == {
+    assert set(runlog.METRICS_KEYS) == metrics[0].keys() == {  # "sample": at iter 0 and now and then
         "iter_num", "train_loss", "val_loss", "val_ppl", "val_bpc", "val_acc", "val_top5", "lr", "elapsed_s",
-        "eval_s", "tokens_seen", "val_loss_tokens", "train_loss_tokens"}
+        "eval_s", "tokens_seen", "val_loss_tokens", "train_loss_tokens", "sample"}
     assert all(m["val_ppl"] == pytest.approx(math.exp(m["val_loss"]), rel=1e-4) for m in metrics)
     assert all(m["val_bpc"] == pytest.approx(m["val_loss"] / math.log(2), rel=1e-5) for m in metrics)
     assert all(0 <= m["val_acc"] <= m["val_top5"] <= 1 for m in metrics)
@@ -75,10 +75,36 @@ def test_resume_continues_the_same_loss_curve(tmp_path, tiny_data):
     result = train.main(tiny_train_args(tiny_data, halves, max_iters=40, lr_decay_iters=40, eval_interval=5,
                                         init_from="resume"))
     assert result["iter_num"] == 40
-    expected = [(m["iter_num"], m["train_loss"], m["val_loss"]) for m in read_metrics(straight)]
-    resumed = [(m["iter_num"], m["train_loss"], m["val_loss"]) for m in read_metrics(halves)]
+    # the text at each evaluation too: sampling draws from its own generator, not training's random state
+    expected = [(m["iter_num"], m["train_loss"], m["val_loss"], m.get("sample")) for m in read_metrics(straight)]
+    resumed = [(m["iter_num"], m["train_loss"], m["val_loss"], m.get("sample")) for m in read_metrics(halves)]
     assert len(expected) == 9
     assert resumed == expected
+
+
+def test_evaluations_0_1_2_4_8_and_the_last_write_the_text_the_model_samples_then(tiny_run, tiny_data, tmp_path):
+    metrics = read_metrics(tiny_run)  # evaluations every 10 steps, to 40
+    written = [m for m in metrics if "sample" in m]
+    assert [m["iter_num"] for m in written] == [0, 10, 20, 40]  # evaluations 0, 1, 2 and 4, which is also the last
+    assert all(m["sample"].startswith("\n") and len(m["sample"]) == 1 + 100 for m in written)
+    assert len({m["sample"] for m in written}) == 4  # the same prompt and seed: the model made each one different
+    pairs = [(m["iter_num"], m["sample"]) for m in written]
+    assert runlog.samples_over_training(runlog.read_metrics(tiny_run)) == pairs
+    # the last one is what sample.py's generation gives from the final weights, with the run's seed
+    ckpt = torch.load(tiny_run / "ckpt.pt", weights_only=True)
+    model = GPT(GPTConfig(**ckpt["model_config"]))
+    model.load_state_dict(ckpt["model"])
+    assert metrics[-1]["sample"] == sample.generate_texts(model.eval(), ckpt["vocab"], "\n", 1, 100, 0.8, 0, 1337,
+                                                          "cpu")[0]
+    train.main(tiny_train_args(tiny_data, tmp_path / "quiet", max_iters=10, eval_sample_chars=0))
+    assert all("sample" not in m for m in read_metrics(tmp_path / "quiet"))
+
+
+def test_a_sample_is_due_at_evaluations_0_1_2_4_8_and_at_the_end():
+    due = [it for it in range(0, 3001, 100) if sample.sample_due(it, 100, ending=False)]
+    assert due == [0, 100, 200, 400, 800, 1600]
+    assert sample.sample_due(3000, 100, ending=True) and sample.sample_due(1234, 100, ending=True)
+    assert not sample.sample_due(1225, 100, ending=False)  # an evaluation near target_loss, before the end
 
 
 def test_get_batch_targets_are_inputs_shifted_by_one():
