@@ -9,6 +9,8 @@ plain data, so it loads with torch.load(..., weights_only=True), which runs no c
 
 import math
 import pickle
+import shutil
+from contextlib import contextmanager
 import random
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -17,7 +19,7 @@ import numpy as np
 import torch
 
 from configurator import UsageError
-from files import write_atomic
+from files import WriteError, megabytes, write_atomic
 from model import GPT, SHAPE_KEYS, GPTConfig
 
 CHECKPOINT_FORMAT_VERSION = 1
@@ -67,8 +69,50 @@ def save(path: Path, about: dict, state: RunState, model, train_model=None, opti
         ckpt["optimizer"] = optimizer.state_dict()
         ckpt["scaler"] = scaler.state_dict() if scaler.is_enabled() else None
         ckpt["rng"] = rng_state(batch_gen)
-    write_atomic(path, lambda f: torch.save(ckpt, f),
+    write_atomic(path, lambda f: torch.save(ckpt, f), size=tensor_bytes(ckpt),
                  then="run the same command with --init_from=resume (or from scratch if out_dir has no ckpt.pt)")
+
+
+def tensor_bytes(value) -> int:
+    """The bytes of every tensor in value (a dict, list or tensor, nested): most of a checkpoint's size."""
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, dict):
+        return sum(tensor_bytes(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return sum(tensor_bytes(v) for v in value)
+    return 0
+
+
+def what_is_saved(out_dir: Path) -> str:
+    """Which iteration each checkpoint in out_dir holds, for a message (their tensors are not read)."""
+    held = []
+    for name in ("ckpt.pt", "best.pt"):
+        if (out_dir / name).is_file():
+            try:
+                ckpt = torch.load(out_dir / name, map_location="cpu", weights_only=True, mmap=True)
+                held.append(f"{name} holds iter {ckpt['iter_num']}")
+            except Exception:  # damaged or foreign: the message is about another file, so say so and go on
+                held.append(f"{name} cannot be read")
+    return ", ".join(held) if held else "no checkpoint has been saved yet"
+
+
+@contextmanager
+def guard_writes(out_dir: Path, model, ema: bool, resume: str):
+    """Around a run, before it writes anything: room for its two checkpoints, or one line and nothing starts
+    (ckpt.pt, estimated as the weights and two optimizer moments, once more with ema; best.pt, the weights). While it
+    runs: a file it cannot write stops it, with one line that says what its checkpoints hold and how to go on."""
+    weights = tensor_bytes(model.state_dict())
+    need, free = weights * (5 if ema else 4), shutil.disk_usage(out_dir).free
+    if free < need:
+        raise UsageError(f"out_dir '{out_dir}' has {megabytes(free)} free, and this run's checkpoints need about "
+                         f"{megabytes(need)} (ckpt.pt and best.pt): free some space or choose another out_dir")
+    try:
+        yield
+    except WriteError as e:
+        saved = what_is_saved(out_dir)
+        then = f"resume: {resume}" if (out_dir / "ckpt.pt").is_file() else "run the same command again"
+        raise UsageError(f"{e.what}; {saved}. To go on, {e.fix}, then {then}") from None
 
 
 def model_shape(ckpt: dict) -> dict:

@@ -265,6 +265,13 @@ def help_text(defaults_cls, columns: int = 120, option_width: int = 32) -> str:
     return "\n".join(lines)
 
 
+# What to do about each fault of a disk or a folder, for its one-line message (files.write_atomic's too).
+DISK_FIXES = {errno.ENOSPC: "free some disk space", errno.EDQUOT: "free some space within your quota",
+              errno.EROFS: "choose a folder on a writable disk", errno.EACCES: "fix the folder's permissions",
+              errno.EPERM: "fix the folder's permissions",
+              errno.EIO: "check the disk (an I/O error is a fault of the disk or its file system)"}
+
+
 def run_command(work, argv, doc: str, options_cls, more_help: str = ""):
     """A script's main(): --help prints doc and every option with its default; otherwise work(argv) runs, and a
     UsageError (or a full disk) ends it with one line per problem and exit status 2 instead of a traceback, and
@@ -280,8 +287,8 @@ def run_command(work, argv, doc: str, options_cls, more_help: str = ""):
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         raise SystemExit(130) from None
-    except OSError as e:
-        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+    except OSError as e:  # the machine's fault, where no write_atomic named the file and what is kept
+        if e.errno not in DISK_FIXES:
             raise
-        exit_with(UsageError(f"could not write {e.filename or 'a file'}: {e.strerror}; free some disk space and run "
-                             "again"))
+        exit_with(UsageError(f"{e.filename or 'a file'}: {e.strerror}; {DISK_FIXES[e.errno]}, then run the same "
+                             "command again"))

@@ -272,6 +272,9 @@ def processes(requested_device: str, gradient_accumulation_steps: int):
     try:
         control_group = dist.new_group(backend="gloo") if device.startswith("cuda") else None
         yield Ranks(device, rank, world_size, ddp=True, control_group=control_group)
+        # A run that ends well: every process waits for the others (rank 0 still evaluates, samples and saves), so
+        # that none tears down its connections while another still has work: a rank that did could abort.
+        dist.barrier(group=control_group)
     finally:
         dist.destroy_process_group()
 

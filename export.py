@@ -21,7 +21,7 @@ import torch
 
 from checkpoint import load_model
 from configurator import UsageError, build_config, parse_args, refuse_positional, run_command
-from files import ensure_dir
+from files import write_folder
 from sample import find_latest_run
 
 
@@ -192,9 +192,10 @@ def export(argv=None) -> Path:
     missing, unexpected = hf_model.load_state_dict(weights, strict=False)
     missing = [key for key in missing if not (config["tie_weights"] and key == "lm_head.weight")]
     assert not missing and not unexpected, f"weights left out: {missing}; weights not used: {unexpected}"
-    output = ensure_dir(cfg.output or str(Path("exported") / run.name), key="output")
-    hf_model.save_pretrained(output)  # config.json, generation_config.json, model.safetensors
-    PreTrainedTokenizerFast(tokenizer_object=character_tokenizer(vocab)).save_pretrained(output)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=character_tokenizer(vocab))
+    output = write_folder(cfg.output or str(Path("exported") / run.name), lambda folder: (
+        hf_model.save_pretrained(folder),  # config.json, generation_config.json, model.safetensors
+        tokenizer.save_pretrained(folder)))  # a failed write leaves the folder as it was
     print(f"exported {info['path']} (iter {info['iter_num']}, val loss {info['best_val_loss']:.4f}) as "
           f"{classes[1]} with a {len(vocab)}-character tokenizer to {output}/")
     return output

@@ -3,6 +3,9 @@ JSON read with a clear error. Every script writes through write_atomic and reads
 
 write_atomic puts the new content in a temp file beside the old one, flushes it to the disk (fsync), then renames it
 over the old file: a crash, a kill or a power cut at any moment leaves the old content or the new, never half of it.
+write_folder does the same for a folder (an export). A write that fails (no space, a quota, a read-only disk, a
+permission, an I/O error) leaves no temp file and becomes one line, a WriteError, naming the file, the cause and
+what is intact.
 
 lock_folder holds an operating-system lock on a folder's .lock file for as long as a run writes there. The system
 drops it when the process ends in any way, SIGKILL and power cuts included, so it cannot go stale as a pid file can.
@@ -12,13 +15,14 @@ waiting_lock waits for such a lock instead, for work that one of several process
 import errno
 import json
 import os
+import shutil
 import socket
 import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from configurator import UsageError
+from configurator import DISK_FIXES, UsageError
 
 
 def ensure_dir(path, key: str = "out_dir") -> Path:
@@ -129,38 +133,99 @@ def waiting_lock(path):
         os.close(fd)  # releases the lock
 
 
-def write_atomic(path, content, then: str = "run the same command again") -> None:
-    """Replace the file at path with content: bytes, text, or a function that writes into a binary file object.
+class WriteError(UsageError):
+    """A file that could not be written: what happened and what is intact (`what`), the fix (`fix`), and what to do
+    then. A run (checkpoint.guard_writes) puts what its checkpoints hold and its resume command in that last part."""
 
-    A full disk (or any other write error) removes the temp file and becomes one line that says the old file is
-    untouched, and how to go on (`then`)."""
+    def __init__(self, what: str, fix: str, then: str):
+        super().__init__(f"{what}. To go on, {fix} and {then}")
+        self.what, self.fix = what, fix
+
+
+def os_error_in(e: BaseException) -> OSError | None:
+    """The OSError behind e, if any: e itself, or what it was raised from or while handling (torch.save turns a
+    failed write into a RuntimeError raised while handling the OSError)."""
+    while e is not None and not isinstance(e, OSError):
+        e = e.__cause__ or e.__context__
+    return e
+
+
+def megabytes(n: int) -> str:
+    return f"{n / 1e6:,.1f} MB"
+
+
+def write_failure(path: Path, e: BaseException, size: int | None, then: str) -> WriteError | None:
+    """The WriteError for e, an exception raised while writing path (size bytes, if known), or None if e is no
+    failed write (a bug, a Ctrl-C: those go on as they are)."""
+    cause = os_error_in(e)
+    if cause is None and not (isinstance(e, RuntimeError) and "failed writing" in str(e)):
+        return None  # torch's zip writer reports some failed writes as a RuntimeError of its own
+    reason = (cause.strerror if cause is not None and cause.strerror else str(e).splitlines()[0])
+    number = getattr(cause, "errno", None)
+    if number in (errno.ENOSPC, errno.EDQUOT):
+        free = shutil.disk_usage(path.parent).free
+        reason += f" ({megabytes(size)} to write, {megabytes(free)} free there)" if size else \
+            f" ({megabytes(free)} free there)"
+    kept = f"the previous {path.name} is untouched" if path.exists() else f"no {path.name} was written"
+    return WriteError(f"could not write {path}: {reason}; {kept}", DISK_FIXES.get(number, f"check that {path.parent} "
+                      "is writable"), then)
+
+
+def write_atomic(path, content, then: str = "run the same command again", size: int | None = None) -> None:
+    """Replace the file at path with content: bytes, text, or a function that writes into a binary file object
+    (size: the bytes it writes, where known, for the message of a full disk).
+
+    A full disk, a quota, a read-only disk, a permission or an I/O error removes the temp file and becomes one line
+    (WriteError) that names the file and the cause, says the old file is untouched, and how to go on (`then`)."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
+    if not callable(content):
+        content = content.encode("utf-8") if isinstance(content, str) else content
+        size = len(content)
     try:
         with open(tmp, "wb") as f:
             if callable(content):
                 content(f)
             else:
-                f.write(content.encode("utf-8") if isinstance(content, str) else content)
+                f.write(content)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException as e:
         tmp.unlink(missing_ok=True)
-        # torch's zip writer reports a failed write of a large record as a RuntimeError
-        if isinstance(e, OSError) or (isinstance(e, RuntimeError) and "failed writing" in str(e)):
-            reason = getattr(e, "strerror", None) or str(e).splitlines()[0]
-            kept = f"the previous {path.name} is untouched" if path.exists() else f"no {path.name} was written"
-            fix = ("free some disk space" if getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT)
-                   else f"check that {path.parent} is writable")
-            raise UsageError(f"could not write {path}: {reason}; {kept}. To go on, {fix} and {then}") from None
-        raise
+        failure = write_failure(path, e, size, then)
+        if failure is None:
+            raise
+        raise failure from None
     if hasattr(os, "O_DIRECTORY"):  # make the rename itself durable
         dir_fd = os.open(path.parent, os.O_DIRECTORY)
         try:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+
+
+def write_folder(path, fill, key: str = "output") -> Path:
+    """Make the folder at path anew: fill(folder) writes into a temp folder beside it, which then takes its place
+    (the old one is moved aside first and deleted last). A failed write removes the temp folder, leaves path as it
+    was, and becomes one line (WriteError), as write_atomic's do."""
+    path = ensure_dir(path, key)
+    tmp, old = path.with_name(path.name + ".tmp"), path.with_name(path.name + ".old")
+    for leftover in (tmp, old):  # from a write a crash cut short
+        shutil.rmtree(leftover, ignore_errors=True)
+    try:
+        tmp.mkdir()
+        fill(tmp)
+    except BaseException as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        failure = write_failure(path, e, None, "run the same command again")
+        if failure is None:
+            raise
+        raise failure from None
+    os.replace(path, old)
+    os.replace(tmp, path)
+    shutil.rmtree(old)
+    return path
 
 
 def write_json(path, data) -> None:

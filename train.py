@@ -35,7 +35,7 @@ from tqdm import tqdm
 import devices
 import finetune
 import runlog
-from checkpoint import RunState, check_finite, resume, save
+from checkpoint import RunState, check_finite, guard_writes, resume, save
 from configurator import UsageError, build_config, parse_args, run_command
 from data import load_data, remap_ids
 from evaluate import classification_metrics, describe_reads, eval_batches, prediction_counts
@@ -340,8 +340,7 @@ def run(argv=None) -> dict | None:
             state, ema_weights = resume(out_dir, asdict(cfg), vocab, data_info, model, optimizer, scaler, batch_gen,
                                         announce=ranks.master)
             resumed_at = state.iter_num  # its evaluation there is logged already
-        if ranks.rank > 0:
-            # Own dropout masks: the checkpoint holds rank 0's generators, so the others reseed by rank and step.
+        if ranks.rank > 0:  # own dropout masks: a checkpoint holds rank 0's generators; others reseed by rank, step
             torch.manual_seed(cfg.seed + ranks.rank + ranks.world_size * state.iter_num)
         # With ema, the weights evaluated and saved are an average of the trained ones. Only rank 0 evaluates.
         ema_model = ema_copy(model, ema_weights) if cfg.ema > 0 and ranks.master else None
@@ -355,7 +354,8 @@ def run(argv=None) -> dict | None:
         config = asdict(cfg) | {"device": device, "dtype": dtype, "compile": compiled}
         about = {"model_config": asdict(model.config), "train_config": config, "vocab": model_vocab,
                  "data": data_info, "started_from": started_from}
-        if ranks.master:
+        if ranks.master:  # room for the checkpoints, or nothing starts; a file not written: what is kept, how to go on
+            held.enter_context(guard_writes(out_dir, model, cfg.ema > 0, runlog.resume_command(argv, ranks.ddp)))
             info = runlog.run_info(argv, device, ranks.world_size, model.num_params(), resumed_at, started_from)
             runlog.start(out_dir, config, info, resumed_at, cfg.tokens_per_iter, cfg.overwrite)
             print(describe_reads(splits, cfg.block_size))

@@ -1,6 +1,8 @@
-"""Shared fixtures: a tiny prepared dataset and a tiny trained run, built once per test session (seconds on a CPU)."""
+"""Shared fixtures: a tiny prepared dataset and a tiny trained run, built once per test session (seconds on a CPU);
+and waiting for a child process to reach a point, without racing the clock."""
 
 import sys
+import time
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -13,6 +15,20 @@ import prepare_shakespeare  # noqa: E402
 import train  # noqa: E402
 
 SHAKESPEARE = REPO / "data" / "shakespeare_char" / "input.txt"
+# Not a deadline that a loaded machine could miss: the bound at which a child that neither ends nor gets on is hung.
+HUNG_S = 900
+
+
+def wait_until(reached, proc, what: str) -> None:
+    """Wait, polling, until reached() is true; fail with `what` and the child's stderr if it ends first. How long
+    it takes does not matter (a loaded machine may start a process slowly): only a child hung for HUNG_S fails."""
+    started = time.monotonic()
+    while not reached():
+        if proc.poll() is not None:
+            stderr = proc.stderr.read() if proc.stderr else ""
+            raise AssertionError(f"{what}: the process ended first (exit status {proc.returncode}): {stderr}")
+        assert time.monotonic() - started < HUNG_S, f"{what}: the process is hung"
+        time.sleep(0.02)
 
 
 def tiny_train_args(data_dir, out_dir, **overrides):

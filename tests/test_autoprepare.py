@@ -10,7 +10,7 @@ import sys
 import pytest
 
 import prepare_shakespeare as prep
-from conftest import REPO, SHAKESPEARE
+from conftest import HUNG_S, REPO, SHAKESPEARE
 
 FILES = prep.PREPARED_FILES
 
@@ -114,7 +114,7 @@ def test_two_processes_at_once_prepare_once(tmp_path):
         assert [child.stdout.readline() for child in children] == ["waiting for the lock\n"] * 2
     finally:
         os.close(fd)  # releases the lock
-    outputs = [child.communicate(timeout=120) for child in children]
+    outputs = [child.communicate(timeout=HUNG_S) for child in children]
     assert [child.returncode for child in children] == [0, 0], [err for _, err in outputs]
     said = sorted(out.splitlines()[-1] for out, _ in outputs)
     assert said == ["not prepared", "prepared"]

@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from configurator import UsageError, describe, help_text
-from conftest import REPO
+from conftest import HUNG_S, REPO
 from sample import SampleConfig
 from train import TrainConfig, load_config
 
@@ -132,7 +132,7 @@ def test_a_config_builds_on_at_most_one_that_stands_alone():
 
 def test_cli_mistake_is_one_line_without_traceback():
     result = subprocess.run([sys.executable, "train.py", "config/baseline.py", "--n_layers=3"], cwd=REPO,
-                            capture_output=True, text=True, timeout=120)
+                            capture_output=True, text=True, timeout=HUNG_S)
     assert result.returncode == 2
     assert result.stderr == "error: unknown key 'n_layers' on the command line (did you mean 'n_layer'?)\n"
 

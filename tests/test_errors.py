@@ -342,6 +342,12 @@ def _(ctx):
     ctx.train(out_dir=run, init_from="resume", max_iters=60)
 
 
+@scenario("Too little disk space for a run's checkpoints")
+def _(ctx):
+    ctx.monkeypatch.setattr(checkpoint.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**9, 10**9, 1000))
+    ctx.train()
+
+
 @scenario("Loss becomes NaN or inf")
 def _(ctx):
     ctx.train(learning_rate=1e9, min_lr=1e9, warmup_iters=0)

@@ -16,7 +16,7 @@ import train
 import tune
 from checkpoint import RunState
 from configurator import UsageError
-from conftest import REPO, tiny_train_args
+from conftest import HUNG_S, REPO, tiny_train_args, wait_until
 
 
 def snapshot(folder):
@@ -48,10 +48,8 @@ def start_training(tiny_data, out, **overrides):
     args = tiny_train_args(tiny_data, out, max_iters=100000, eval_interval=5, eval_iters=1, **overrides)
     proc = subprocess.Popen([sys.executable, "train.py", *args], cwd=REPO, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 60
-    while files.folder_in_use(out) is None or not (out / "metrics.jsonl").is_file():
-        assert time.time() < deadline and proc.poll() is None, f"train.py did not start: {proc.stderr.read()}"
-        time.sleep(0.05)
+    wait_until(lambda: files.folder_in_use(out) is not None and (out / "metrics.jsonl").is_file(), proc,
+               "train.py did not start")
     return proc
 
 
@@ -60,13 +58,13 @@ def test_two_train_processes_on_one_folder_and_a_lock_left_by_sigkill(tiny_data,
     first = start_training(tiny_data, out)
     try:
         second = subprocess.run([sys.executable, "train.py", *tiny_train_args(tiny_data, out)], cwd=REPO,
-                                capture_output=True, text=True, timeout=120)
+                                capture_output=True, text=True, timeout=HUNG_S)
         assert second.returncode == 2 and "Traceback" not in second.stderr
         assert f"is in use by another run (process {first.pid} on " in second.stderr
         assert "train.py" in second.stderr.splitlines()[-1]  # the holder's command line
     finally:
         first.kill()  # SIGKILL: no chance to clean up
-        first.communicate(timeout=60)
+        first.communicate(timeout=HUNG_S)
     killed_metrics = (out / "metrics.jsonl").read_bytes()
     # The kill released the lock: the next run starts at once, and keeps the killed run's results aside.
     summary = train.main(tiny_train_args(tiny_data, out, max_iters=10))

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 import train
-from conftest import REPO, tiny_train_args
+from conftest import HUNG_S, REPO, tiny_train_args
 from runlog import read_metrics
 
 
@@ -93,6 +93,6 @@ def test_off_neither_tracker_nor_transformers_is_imported(tiny_data, tmp_path):
             f"train.main({tiny_train_args(tiny_data, tmp_path / 'run', max_iters=5)!r})\n"
             "print(sorted({m.split('.')[0] for m in sys.modules} & {'wandb', 'tensorboard', 'transformers', "
             "'safetensors', 'tokenizers'}))")
-    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=HUNG_S)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip().splitlines()[-1] == "[]"

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 import runlog
 import sample
 import train
-from conftest import REPO, RunsCodeWhenUnpickled, evaluate_on, tiny_train_args
+from conftest import HUNG_S, REPO, RunsCodeWhenUnpickled, evaluate_on, tiny_train_args, wait_until
 from checkpoint import RunState
 from evaluate import CORRECT, PREDICTED, TARGETS, TOP5, accuracies, classification_metrics
 from model import GPT, GPTConfig
@@ -301,12 +301,10 @@ def test_ctrl_c_saves_a_checkpoint_and_says_how_to_resume(tiny_data, tmp_path):
     args = tiny_train_args(tiny_data, out, max_iters=100000, eval_interval=50)
     proc = subprocess.Popen([sys.executable, "train.py", *args], cwd=REPO, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 60
-    while not (out / "metrics.jsonl").exists() or not (out / "metrics.jsonl").read_text():  # training has begun
-        assert time.time() < deadline and proc.poll() is None, "train.py did not start training"
-        time.sleep(0.1)
+    wait_until(lambda: (out / "metrics.jsonl").is_file() and (out / "metrics.jsonl").read_text(), proc,
+               "train.py did not start training")  # training has begun
     proc.send_signal(signal.SIGINT)
-    stdout, stderr = proc.communicate(timeout=60)
+    stdout, stderr = proc.communicate(timeout=HUNG_S)
     assert proc.returncode == 130, stderr
     assert "Traceback" not in stderr
     assert "Resume with: python train.py" in stdout and "--init_from=resume" in stdout
