@@ -111,8 +111,9 @@ def test_a_full_disk_while_saving_ends_with_a_message_and_keeps_the_previous_che
         train.main(tiny_train_args(tiny_data, run, init_from="resume", max_iters=60))
     err = capsys.readouterr().err
     assert exc.value.code == 2 and "Traceback" not in err
-    assert f"could not write {run}/ckpt.pt: No space left on device; the previous ckpt.pt is untouched" in err
-    assert "free some disk space and run the same command with --init_from=resume" in err
+    assert f"could not write {run}/ckpt.pt: No space left on device (" in err
+    assert "the previous ckpt.pt is untouched; ckpt.pt holds iter 40, best.pt holds iter 50" in err
+    assert "free some disk space, then resume: python train.py " in err and "--init_from=resume" in err
     assert (run / "ckpt.pt").read_bytes() == before and not os.path.lexists(run / "ckpt.pt.tmp")
     assert train.main(tiny_train_args(tiny_data, run, init_from="resume", max_iters=60))["iter_num"] == 60
 
