@@ -9,9 +9,9 @@ plain data, so it loads with torch.load(..., weights_only=True), which runs no c
 
 import math
 import pickle
+import random
 import shutil
 from contextlib import contextmanager
-import random
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -69,8 +69,8 @@ def save(path: Path, about: dict, state: RunState, model, train_model=None, opti
         ckpt["optimizer"] = optimizer.state_dict()
         ckpt["scaler"] = scaler.state_dict() if scaler.is_enabled() else None
         ckpt["rng"] = rng_state(batch_gen)
-    write_atomic(path, lambda f: torch.save(ckpt, f), size=tensor_bytes(ckpt),
-                 then="run the same command with --init_from=resume (or from scratch if out_dir has no ckpt.pt)")
+    # A failed write is one line; within a run, guard_writes adds what is saved and the command that resumes it.
+    write_atomic(path, lambda f: torch.save(ckpt, f), size=tensor_bytes(ckpt))
 
 
 def tensor_bytes(value) -> int:

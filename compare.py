@@ -8,7 +8,7 @@ Writes OUTPUT/report.md, OUTPUT/val_loss.png and OUTPUT/context.png. The first r
 run's row lists the settings in which it differs from it. Each run's val loss at each position of its window and
 after each layer (explain.py's measures, over the run's own evaluation windows) show where a gain came from: more
 context, or more layers. Every run's sample comes from the same prompt and seed, so the text before and after a
-change can be read side by side, followed by the text the run wrote at each of its evaluations.
+change can be read side by side, followed by the text the run wrote at its evaluations.
 """
 
 import math
@@ -160,7 +160,7 @@ def write_report(path: Path, names: list[str], differences: list[list[str]], res
         "",
         f"Each run's sample starts from the prompt {prompt!r}, with seed {seed}, temperature {TEMPERATURE}, "
         f"all characters as candidates (no top_k) and {max_new_tokens} new characters. Below each, the text the "
-        "run wrote at each of its evaluations (train.py's eval_sample_chars), in order.",
+        "run wrote at its evaluations 0, 1, 2, 4, 8, ... and the last (train.py's eval_sample_chars), in order.",
     ]
     for name, (checkpoint, text), written in zip(names, samples, over_training):
         parts += ["", f"### {name}", "", f"From `{checkpoint}`.", "", fenced(text), ""]

@@ -396,13 +396,13 @@ def report(run: dict, prompt_note: str, heads: list[list[dict]], nxt: dict, val:
 
 
 def over_training(samples: list[tuple[int, str]]) -> list[str]:
-    """Section 7: the text the run wrote at each of its evaluations (runlog.samples_over_training)."""
+    """Section 7: the text the run wrote at its evaluations (runlog.samples_over_training)."""
     if not samples:
         return ["## 7. Text over training", "", "This run wrote no text at its evaluations: a nanoGPT run, a run "
                 "from before train.py's eval_sample_chars, or one with eval_sample_chars=0.", ""]
-    return ["## 7. Text over training", "", "What the model wrote at each evaluation of its run, from a new line with "
-            "the same seed every time (train.py's eval_sample_chars): the text grows from noise into words as it "
-            "learns.", "", *text_over_training(samples)]
+    return ["## 7. Text over training", "", "What the model wrote at its run's evaluations 0, 1, 2, 4, 8, ... and "
+            "the last, from a new line with the same seed every time (train.py's eval_sample_chars): the text "
+            "grows from noise into words as it learns.", "", *text_over_training(samples)]
 
 
 def validate(cfg: ExplainConfig) -> None:

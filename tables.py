@@ -25,7 +25,7 @@ def fenced(text: str) -> str:
 
 
 def text_over_training(samples: list[tuple[int, str]]) -> list[str]:
-    """The markdown lines that show a run's samples at each evaluation (runlog.samples_over_training), in order."""
+    """The markdown lines that show a run's samples at its evaluations (runlog.samples_over_training), in order."""
     lines = []
     for iter_num, text in samples:
         lines += [f"At iter {iter_num:,}:", "", fenced(text), ""]

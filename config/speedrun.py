@@ -17,7 +17,7 @@ eval_at_start = False  # the untrained model's loss (about ln 65 = 4.17) is know
 eval_tokens = 0  # the whole val split, as the target was measured
 eval_iters = 1  # the train loss from one batch (32,768 tokens): the race is judged on the val loss alone
 log_interval = 25  # the training loss that says the target is near is read this often
-eval_sample_chars = 0  # no text at each evaluation: its seconds would count in the race
+eval_sample_chars = 0  # no text at its evaluations: their seconds would count in the race
 compile_mode = "reduce-overhead"  # CUDA graphs: they paid for config/baseline.py on an H200 (BENCHMARKS.md)
 
 batch_size = 128  # x 256 characters = 32,768 tokens per step, twice nanoGPT's

@@ -72,7 +72,7 @@ def test_report_holds_every_run_its_changes_and_samples(two_runs, tmp_path, caps
     # The same prompt and seed as sample.py would use, on the CPU.
     model, vocab, _ = load_model(a, "cpu")
     assert samples["a"] == sample.generate_texts(model, vocab, "First", 1, 40, 0.8, 200, 3, "cpu")[0]
-    for run_dir in (a, b):  # then the text it wrote at each evaluation, in order
+    for run_dir in (a, b):  # then the text it wrote at its evaluations, in order
         section = report.split(f"### {run_dir.name}\n")[1].split("\n### ")[0]
         written = re.findall(r"^At iter (\d+):\n\n```text\n(.*?)\n```$", section, flags=re.M | re.S)
         assert written == [(str(m["iter_num"]), m["sample"]) for m in read_metrics(run_dir) if "sample" in m] != []

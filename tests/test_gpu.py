@@ -172,7 +172,7 @@ def test_a_compiled_evaluation_compiles_once_whatever_the_split_length():
 
 
 def test_the_evaluation_sample_of_a_compiled_model_runs_eager_and_recompiles_nothing():
-    """train.py samples at each evaluation from the model it compiled: generation calls forward itself, so the text
+    """train.py samples at evaluations from the model it compiled: generation calls forward itself, so the text
     is the eager model's and the compiled evaluation around it is never recompiled."""
     from contextlib import nullcontext
     cfg = replace(train.TrainConfig(), **TINY)

@@ -75,7 +75,7 @@ def test_resume_continues_the_same_loss_curve(tmp_path, tiny_data):
     result = train.main(tiny_train_args(tiny_data, halves, max_iters=40, lr_decay_iters=40, eval_interval=5,
                                         init_from="resume"))
     assert result["iter_num"] == 40
-    # the text at each evaluation too: sampling draws from its own generator, not training's random state
+    # the text at its evaluations too: sampling draws from its own generator, not training's random state
     expected = [(m["iter_num"], m["train_loss"], m["val_loss"], m.get("sample")) for m in read_metrics(straight)]
     resumed = [(m["iter_num"], m["train_loss"], m["val_loss"], m.get("sample")) for m in read_metrics(halves)]
     assert len(expected) == 9
