@@ -48,11 +48,12 @@ import torch
 from configurator import REPO_ROOT, UsageError, as_args, build_config, parse_args, run_command, split_options
 from data import load_data
 from devices import device_name, mixed_precision, resolve_compile, resolve_device, resolve_dtype, synchronize
+from evaluate import eval_splits
 from files import write_atomic
 from model import GENERATION_CACHES
 from runlog import read_config, read_metrics, read_summary
 from tables import fmt, markdown_table
-from train import TrainConfig, build, estimate_loss, eval_splits, load_config, train_step
+from train import TrainConfig, build, estimate_loss, load_config, train_step
 
 
 @dataclass
@@ -274,10 +275,11 @@ def time_evaluation(cfg: TrainConfig, options: BenchOptions, train_data, val_dat
                     device: str) -> float:
     """Median seconds of train.py's estimate_loss() (val and train loss, each over what eval_tokens allows)."""
     (model, _, _, autocast), _ = build_trainer(cfg, vocab_size, device, fast=True)
+    splits = eval_splits(train_data, val_data, cfg.eval_tokens, cfg.eval_iters, cfg.batch_size, cfg.block_size)
     seconds = []
     for _ in range(options.repeats):
         started = time.perf_counter()
-        estimate_loss(model, eval_splits(cfg, train_data, val_data), cfg, autocast)
+        estimate_loss(model, splits, cfg, autocast)
         synchronize(device)
         seconds.append(time.perf_counter() - started)
     return statistics.median(seconds)

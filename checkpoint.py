@@ -35,9 +35,11 @@ class RunState:
     tokens_seen: int = 0  # training tokens so far, over all processes
     elapsed_s: float = 0.0  # seconds of training so far, over every resumed part of the run
     eval_s: float = 0.0  # the part of elapsed_s spent evaluating and saving checkpoints
+    eval_cut: bool = False  # a stop cut the evaluation at iter_num short: a resumed run does it first
 
     def record_eval(self, val_loss: float) -> bool:
-        """Take in an evaluation's val loss; True when it is the best so far."""
+        """Take in the val loss of the evaluation at iter_num, now done; True when it is the best so far."""
+        self.eval_cut = False
         improved = val_loss < self.best_val_loss
         if improved:
             self.best_val_loss, self.best_iter, self.evals_since_best = val_loss, self.iter_num, 0

@@ -186,10 +186,11 @@ class Ranks:
     def any(self, flag: bool, check_now: bool = True) -> bool:
         """True on every process when it is True on any: they must all leave the loop at the same step, or those
         still in it would wait forever for the others in the next gradient all-reduce. Agreeing is a round trip
-        between the processes, so under torchrun it happens only when check_now."""
+        between the processes: on GPUs it happens only when check_now, lest it hold up steps of milliseconds; on
+        CPUs at every call, as their steps take far longer, so that a stop is prompt there too."""
         if not self.ddp:
             return flag
-        if not check_now:
+        if not check_now and self.device.startswith("cuda"):
             return False
         t = torch.tensor([float(flag)])
         dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self.control_group)
@@ -203,13 +204,21 @@ class Ranks:
         dist.all_reduce(t, group=self.control_group)
         return t.item() / self.world_size
 
-    def from_master(self, values: dict | None, keys: tuple[str, ...]) -> dict:
-        """{key: rank 0's values[key]} for each key, on every process (the others' values are not read)."""
+    def from_master(self, values: dict | None, keys: tuple[str, ...]) -> dict | None:
+        """{key: rank 0's values[key]} for each key, on every process (the others' values are not read); None on
+        every process when rank 0's values is None."""
         if not self.ddp:
-            return {key: values[key] for key in keys}
-        t = torch.tensor([values[key] for key in keys] if self.master else [0.0] * len(keys), dtype=torch.float64)
+            return None if values is None else {key: values[key] for key in keys}
+        given = self.master and values is not None
+        t = torch.tensor([float(given)] + [values[key] if given else 0.0 for key in keys], dtype=torch.float64)
         dist.broadcast(t, src=0, group=self.control_group)
-        return dict(zip(keys, t.tolist()))
+        return dict(zip(keys, t[1:].tolist())) if t[0] else None
+
+    def reseed(self, seed: int, iter_num: int) -> None:
+        """Ranks but 0 draw dropout masks of their own from step iter_num on: a checkpoint holds rank 0's generators,
+        so the others reseed by rank and step. Alone, or on rank 0, the generators stay as they are."""
+        if self.rank > 0:
+            torch.manual_seed(seed + self.rank + self.world_size * iter_num)
 
     def barrier(self) -> None:
         if self.ddp:
@@ -283,7 +292,8 @@ def processes(requested_device: str, gradient_accumulation_steps: int):
 # Stop signals
 
 class StopRequest:
-    """Ctrl-C or SIGTERM asks the loop to stop after the current step and save; a second one stops at once.
+    """Ctrl-C or SIGTERM asks the loop to stop after the current step, or within a batch of an evaluation, and save;
+    a second one stops at once.
 
     Under torchrun the signal reaches torchrun, which passes it on to every process; announce=False (ranks > 0) keeps
     them from all printing the same message."""
@@ -300,7 +310,8 @@ class StopRequest:
             raise KeyboardInterrupt
         self.requested = True
         if self.announce:
-            tqdm.write("stop requested: finishing this step and saving ckpt.pt (press Ctrl-C again to quit at once)")
+            tqdm.write("stop requested: finishing this step (or cutting the evaluation short) and saving ckpt.pt "
+                       "(press Ctrl-C again to quit at once)")
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():  # signals can only be caught there

@@ -62,6 +62,15 @@ def split_windows(data: torch.Tensor, block_size: int, batch_size: int, max_toke
     return chunks
 
 
+def eval_splits(train_data: torch.Tensor, val_data: torch.Tensor, eval_tokens: int, eval_iters: int, batch_size: int,
+                block_size: int) -> dict:
+    """{split: (its ids, the tokens an evaluation reads of it at most; 0: all)}: val reads eval_tokens; train
+    eval_iters batches' worth, no more than eval_tokens."""
+    train_tokens = eval_iters * batch_size * block_size
+    train_tokens = min(train_tokens, eval_tokens) if eval_tokens else train_tokens
+    return {"val": (val_data, eval_tokens), "train": (train_data, train_tokens)}
+
+
 def eval_batches(data: torch.Tensor, block_size: int, batch_size: int, max_tokens: int, device: torch.device):
     """split_windows' batches as token ids on device, each (eval_batch_size, block_size), with the number of targets
     in it: (x, y, n). The split's last windows (a partial batch, the shorter last window) share one batch, filled out

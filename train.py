@@ -38,7 +38,7 @@ import runlog
 from checkpoint import RunState, check_finite, guard_writes, resume, save
 from configurator import UsageError, build_config, parse_args, run_command
 from data import load_data, remap_ids
-from evaluate import classification_metrics, describe_reads, eval_batches, prediction_counts
+from evaluate import classification_metrics, describe_reads, eval_batches, eval_splits, prediction_counts
 from files import lock_folder
 from model import GPT, GPTConfig, ModelConfig
 from optim import ema_copy, l1_norm, make_optimizer, update_ema
@@ -275,24 +275,20 @@ def train_step(model, optimizer, scaler, autocast, train_data, batch_gen, cfg: T
 # ----------------------------------------------------------------------------------------------------------------------
 # The evaluation
 
-def eval_splits(cfg: TrainConfig, train_data: torch.Tensor, val_data: torch.Tensor) -> dict:
-    """{split: (its ids, the tokens an evaluation reads of it at most; 0: all)}: val reads eval_tokens; train
-    eval_iters batches' worth, no more than eval_tokens."""
-    train_tokens = cfg.eval_iters * cfg.batch_size * cfg.block_size
-    train_tokens = min(train_tokens, cfg.eval_tokens) if cfg.eval_tokens else train_tokens
-    return {"val": (val_data, cfg.eval_tokens), "train": (train_data, train_tokens)}
-
-
 @torch.no_grad()
-def estimate_loss(model, splits: dict, cfg: TrainConfig, autocast) -> dict:
+def estimate_loss(model, splits: dict, cfg: TrainConfig, autocast, stop=None) -> dict | None:
     """The mean loss over each split of eval_splits, in fixed windows spread over it (evaluate.split_windows): every
     evaluation reads the same ones. Returns "<split>_loss", "<split>_loss_tokens" (the targets it is over) and
-    "<split>_counts" (evaluate.prediction_counts: what accuracies and per-character F1 are drawn from)."""
+    "<split>_counts" (evaluate.prediction_counts: what accuracies and per-character F1 are drawn from); None when
+    stop (a devices.StopRequest) is requested before it ends: a long evaluation gives way to Ctrl-C within a batch."""
     device, out = next(model.parameters()).device, {}
     model.eval()
     for split, (data, max_tokens) in splits.items():
         loss_sum, counts, tokens = torch.zeros((), dtype=torch.float64, device=device), 0, 0
         for x, y, n in eval_batches(data, cfg.block_size, cfg.batch_size, max_tokens, device):  # (B, T) each
+            if stop is not None and stop.requested:
+                model.train()
+                return None
             with autocast:
                 logits, loss = model(x, y)  # (B, T, vocab_size); the mean loss over the n targets (not -1)
             loss_sum += loss.double() * n
@@ -326,12 +322,10 @@ def run(argv=None) -> dict | None:
             held.enter_context(lock_folder(out_dir))  # one run at a time in an out_dir, until this one ends
         dtype, compiled = devices.resolve_dtype(cfg.dtype, device), devices.resolve_compile(cfg.compile, device)
         vocab, train_data, val_data, data_info = load_data(cfg.data_dir, device, cfg.block_size)
-        # A trained model keeps its vocabulary, grown by the characters of the data it never saw; the data's ids are
-        # mapped onto it (unchanged for a run from scratch).
+        # A trained model keeps its vocabulary, plus the data's new characters: the data's ids are mapped onto it.
         model_vocab, started_from = finetune.model_vocab(pretrained, vocab, cfg.freeze_layers)
         train_data, val_data = remap_ids(train_data, vocab, model_vocab), remap_ids(val_data, vocab, model_vocab)
-        splits = eval_splits(cfg, train_data, val_data)
-        # The seeds, the batch sampler's generator, the model, its optimizer and the precision it trains in.
+        splits = eval_splits(train_data, val_data, cfg.eval_tokens, cfg.eval_iters, cfg.batch_size, cfg.block_size)
         batch_gen = devices.seed_everything(cfg.seed, str(train_data.device))  # on the device the data is kept on
         model, optimizer = build(cfg, len(model_vocab), device, weights=pretrained.weights if pretrained else None)
         autocast, scaler = devices.mixed_precision(device, dtype)
@@ -340,8 +334,7 @@ def run(argv=None) -> dict | None:
             state, ema_weights = resume(out_dir, asdict(cfg), vocab, data_info, model, optimizer, scaler, batch_gen,
                                         announce=ranks.master)
             resumed_at = state.iter_num  # its evaluation there is logged already
-        if ranks.rank > 0:  # own dropout masks: a checkpoint holds rank 0's generators; others reseed by rank, step
-            torch.manual_seed(cfg.seed + ranks.rank + ranks.world_size * state.iter_num)
+        ranks.reseed(cfg.seed, state.iter_num)  # ranks but 0: their own dropout masks, from this step on
         # With ema, the weights evaluated and saved are an average of the trained ones. Only rank 0 evaluates.
         ema_model = ema_copy(model, ema_weights) if cfg.ema > 0 and ranks.master else None
         eval_model = model if ema_model is None else ema_model
@@ -350,8 +343,7 @@ def run(argv=None) -> dict | None:
         if cfg.eval_only:  # nanoGPT's key: evaluate once, print, write nothing
             return runlog.eval_only(estimate_loss(eval_model, splits, cfg, autocast), cfg.data_dir) \
                 if ranks.master else None
-        # What the run records, and what its checkpoints describe themselves with.
-        config = asdict(cfg) | {"device": device, "dtype": dtype, "compile": compiled}
+        config = asdict(cfg) | {"device": device, "dtype": dtype, "compile": compiled}  # what the run records
         about = {"model_config": asdict(model.config), "train_config": config, "vocab": model_vocab,
                  "data": data_info, "started_from": started_from}
         if ranks.master:  # room for the checkpoints, or nothing starts; a file not written: what is kept, how to go on
@@ -371,13 +363,17 @@ def run(argv=None) -> dict | None:
         status, evaluation, last_log, loss_value = "finished", None, (t0, state.iter_num), math.inf
         while True:
             last_step = state.iter_num >= cfg.max_iters
-            # evaluate, log and checkpoint when due
-            if (eval_due(state.iter_num, loss_value, cfg) or last_step) and state.iter_num != resumed_at:
+            # evaluate, log and checkpoint when due (a resumed run's last evaluation is logged, unless a stop cut it)
+            if state.eval_cut or (eval_due(state.iter_num, loss_value, cfg) or last_step) and \
+                    state.iter_num != resumed_at:
                 devices.synchronize(device)  # the steps queued on a GPU end first: elapsed_s counts them, eval_s not
                 eval_started = time.perf_counter()
                 state.elapsed_s = elapsed_before + eval_started - t0
-                evaluation = estimate_loss(eval_model, splits, cfg, autocast) if ranks.master else None
+                evaluation = estimate_loss(eval_model, splits, cfg, autocast, stop) if ranks.master else None
                 losses = ranks.from_master(evaluation, ("val_loss", "train_loss"))  # so that all decide alike
+                if losses is None:  # a stop cut it short: ckpt.pt keeps the steps taken, a resumed run evaluates first
+                    state.eval_cut, status = True, "interrupted"
+                    break
                 lr = get_lr(max(state.iter_num - 1, 0), cfg)  # the rate of the step just taken
                 check_finite(losses, state, lr, out_dir)
                 improved = state.record_eval(losses["val_loss"])
@@ -398,7 +394,7 @@ def run(argv=None) -> dict | None:
                 state.eval_s += time.perf_counter() - eval_started
             if last_step:
                 break
-            # stop early, or when asked to (under torchrun all agree: a round trip, so once per log_interval)
+            # stop early, or when asked to (under torchrun all agree: a round trip, on GPUs once per log_interval)
             if status == "finished" and ranks.any(stop.requested, check_now=state.iter_num % cfg.log_interval == 0):
                 status = "interrupted"
             if status != "finished":
@@ -431,8 +427,8 @@ def run(argv=None) -> dict | None:
             save(out_dir / "ckpt.pt", about, state, eval_model, model, optimizer, scaler, batch_gen)
         if status == "interrupted":
             if ranks.master:
-                print(f"stopped at iter {state.iter_num}; saved {out_dir / 'ckpt.pt'}. Resume with: "
-                      f"{runlog.resume_command(argv, ranks.ddp)}")
+                print(f"stopped at iter {state.iter_num}{' before its evaluation' * state.eval_cut}; saved "
+                      f"{out_dir / 'ckpt.pt'}. Resume with: {runlog.resume_command(argv, ranks.ddp)}")
             ranks.barrier()  # torchrun ends every process once one exits with an error: none may before rank 0 saved
             raise SystemExit(130)
         if not ranks.master:

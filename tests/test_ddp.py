@@ -2,10 +2,8 @@
 
 import json
 import os
-import signal
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -13,15 +11,16 @@ import torch
 import checkpoint
 import devices
 import train
-from conftest import HUNG_S, REPO, tiny_train_args, wait_until
+from conftest import HUNG_S, REPO, tiny_train_args
 from configurator import UsageError
 
 
-def torchrun(args, **popen_args):
-    """train.py in 2 CPU processes under torchrun, one thread each (2 cores: more would only oversubscribe them)."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py", *args]
-    return subprocess.Popen(command, cwd=REPO, env=os.environ | {"OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, **popen_args)
+def torchrun(args, script="train.py", **environ):
+    """A script (train.py, or tests/stop_points.py with the stops environ asks for) in 2 CPU processes under torchrun,
+    one thread each (2 cores: more would only oversubscribe them)."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", script, *args]
+    return subprocess.Popen(command, cwd=REPO, env=os.environ | {"OMP_NUM_THREADS": "1"} | environ,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def finish(proc) -> tuple[str, str]:
@@ -34,48 +33,37 @@ def finish(proc) -> tuple[str, str]:
         pytest.fail(f"torchrun hung:\n{stdout}\n{stderr}")
 
 
-def worker_pid(launcher_pid: int, rank: int) -> int | None:
-    """The pid of the process torchrun started as `rank`, found in /proc (Linux) by its parent and RANK variable."""
-    for entry in Path("/proc").iterdir():
-        try:
-            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            environment = (entry / "environ").read_bytes().split(b"\0")
-        except (OSError, ValueError, IndexError):
-            continue  # not a process, or one that ended meanwhile
-        if parent == launcher_pid and f"RANK={rank}".encode() in environment:
-            return int(entry.name)
-    return None
-
-
 def curve(out_dir):
     return [(m["iter_num"], m["train_loss"], m["val_loss"], m["tokens_seen"])
             for m in map(json.loads, (out_dir / "metrics.jsonl").read_text().splitlines())]
 
 
-@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds torchrun's processes in /proc (Linux)")
 def test_two_processes_train_what_one_does_and_stop_and_resume_together(tiny_data, tmp_path):
     # 2 processes with 1 micro-batch each, against one process with 2 per step: the same batches, so the same model,
     # up to the order of float sums. Dropout is off: each process draws its own dropout masks.
-    settings = dict(dropout=0, gradient_accumulation_steps=2, lr_decay_iters=60)
-    one, two = tmp_path / "one", tmp_path / "two"
+    settings = dict(dropout=0, gradient_accumulation_steps=2, max_iters=60)
+    one, two, end = tmp_path / "one", tmp_path / "two", 60
 
-    # A stop signal for rank 1 alone (torchrun passes a Ctrl-C on to every process, but a signal may also reach one
-    # only): both ranks must stop at the same step and rank 0 must save, or one of them would wait forever. Sent once
-    # training has begun; wherever it lands, the runs below go on to the evaluation after it.
-    proc = torchrun(tiny_train_args(tiny_data, two, max_iters=100000, **settings))
-    wait_until(lambda: (two / "metrics.jsonl").is_file() and (two / "metrics.jsonl").read_text(), proc,
-               "torchrun did not start training")
-    rank1 = worker_pid(proc.pid, rank=1)
-    assert rank1 is not None, "rank 1 not found among torchrun's processes"
-    os.kill(rank1, signal.SIGINT)
+    # A Ctrl-C to rank 1 alone after its step 23 (torchrun passes a Ctrl-C on to every process, but a signal may also
+    # reach one only): both ranks stop there, as on CPUs they agree at every step, and rank 0 saves; else one of them
+    # would wait forever for the other.
+    proc = torchrun(tiny_train_args(tiny_data, two, **settings), "tests/stop_points.py", STOP_RANK="1",
+                    STOP_AFTER_STEP="23")
     stdout, stderr = finish(proc)
-    assert stdout.count("Resume with: torchrun") == 1, stdout + stderr
-    assert f'File "{REPO / "train.py"}"' not in stderr  # no traceback from train.py (torchrun reports the exit)
-    stopped_at = torch.load(two / "ckpt.pt", weights_only=True)["iter_num"]
-    end = max(60, stopped_at // 10 * 10 + 10)  # at least one evaluation past the stop
+    assert proc.returncode != 0 and stdout.count("Resume with: torchrun") == 1, stdout + stderr
+    assert "stopped at iter 23; saved" in stdout
+    assert f'File "{REPO}/' not in stderr  # no traceback from either process (torchrun reports their exit status)
+    # A SIGTERM to torchrun during rank 0's evaluation at iter 40 (23 + 17 steps): torchrun passes it on to both, the
+    # evaluation is cut short, both stop and rank 0 saves; the resumed run evaluates iter 40 first.
+    proc = torchrun(tiny_train_args(tiny_data, two, init_from="resume", **settings), "tests/stop_points.py",
+                    STOP_IN_EVALUATION_AFTER_STEP="17")
+    stdout, stderr = finish(proc)
+    assert proc.returncode != 0 and "stopped at iter 40 before its evaluation; saved" in stdout, stdout + stderr
+    assert f'File "{REPO}/' not in stderr
+    assert [row[0] for row in curve(two)] == [0, 10, 20, 30]
 
-    train.main(tiny_train_args(tiny_data, one, max_iters=end, **settings))
-    proc = torchrun(tiny_train_args(tiny_data, two, max_iters=end, init_from="resume", **settings))
+    train.main(tiny_train_args(tiny_data, one, **settings))
+    proc = torchrun(tiny_train_args(tiny_data, two, init_from="resume", **settings))
     stdout, stderr = finish(proc)
     assert proc.returncode == 0, stderr
     assert stdout.count("parameters |") == stdout.count("best val loss") == 1  # rank 0 prints, rank 1 does not

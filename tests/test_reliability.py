@@ -8,16 +8,20 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import nullcontext
 
 import numpy as np
 import pytest
 import torch
 
 import checkpoint
+import devices
 import prepare_shakespeare
 import runlog
+import stop_points
 import train
 from conftest import HUNG_S, REPO, tiny_train_args, wait_until
+from model import GPT, GPTConfig
 
 # Runs train.py, and kills the process with SIGKILL halfway through writing checkpoint number KILL_AT (1 = the first
 # torch.save of the run): the temp file is left half written, as after a power cut.
@@ -147,6 +151,40 @@ def test_a_second_ctrl_c_quits_at_once_and_leaves_the_last_checkpoint_intact(tin
     assert not (out / "ckpt.pt.tmp").exists()
     monkeypatch.undo()
     assert train.main(tiny_train_args(tiny_data, out, init_from="resume"))["iter_num"] == 40
+
+
+def test_a_stop_during_an_evaluation_cuts_it_short_and_the_resumed_run_does_it_first(tiny_run, tiny_data, tmp_path,
+                                                                                     monkeypatch, capsys):
+    out = tmp_path / "run"
+    step, batches = stop_points.stopping(train.train_step, train.eval_batches, 20, True, stop_points.ctrl_c)
+    monkeypatch.setattr(train, "train_step", step)
+    monkeypatch.setattr(train, "eval_batches", batches)  # a Ctrl-C once the evaluation at iter 20 read a batch
+    with pytest.raises(SystemExit) as exc:
+        train.main(tiny_train_args(tiny_data, out))
+    captured = capsys.readouterr()
+    assert exc.value.code == 130 and "Traceback" not in captured.err
+    assert f"stopped at iter 20 before its evaluation; saved {out / 'ckpt.pt'}. Resume with: python " in captured.out
+    ckpt = checkpoint.load_checkpoint(out / "ckpt.pt")
+    assert ckpt["iter_num"] == 20 and ckpt["eval_cut"] and "optimizer" in ckpt  # the steps taken, not evaluated
+    assert [m[0] for m in metrics_of(out)] == [0, 10]  # the cut evaluation logged nothing
+    monkeypatch.undo()
+    train.main(tiny_train_args(tiny_data, out, init_from="resume"))  # evaluates iter 20 first
+    assert metrics_of(out) == metrics_of(tiny_run)  # the same curve as the run that was never stopped
+    assert not checkpoint.load_checkpoint(out / "ckpt.pt")["eval_cut"]
+
+
+def test_an_evaluation_gives_way_to_a_stop_within_a_batch(tiny_data):
+    model = GPT(GPTConfig(block_size=16, vocab_size=65, n_layer=1, n_head=2, n_embd=32))
+    ids = torch.randint(65, (5000,))
+    cfg = train.TrainConfig(block_size=16, batch_size=8)
+    stop = devices.StopRequest()
+    assert train.estimate_loss(model, {"val": (ids, 0)}, cfg, nullcontext(), stop)["val_loss_tokens"] == 4999
+    stop.requested = True
+    assert train.estimate_loss(model, {"val": (ids, 0)}, cfg, nullcontext(), stop) is None
+    assert model.training  # back in training mode, as after a whole evaluation
+    ranks = devices.Ranks("cpu")
+    assert ranks.from_master(None, ("val_loss",)) is None
+    assert ranks.from_master({"val_loss": 1.5, "train_loss": 2.0}, ("val_loss",)) == {"val_loss": 1.5}
 
 
 @pytest.mark.parametrize("kill_at", [1, 2, 3, 4, 7])
