@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import bpe
 from configurator import UsageError
 from files import WriteError, megabytes, write_atomic
 from model import GPT, SHAPE_KEYS, GPTConfig
@@ -64,7 +65,8 @@ def save(path: Path, about: dict, state: RunState, model, train_model=None, opti
     where it stands, and model's weights: the ones evaluated and sampled from. best.pt holds only these; ckpt.pt
     adds what resuming needs: the optimizer, the grad scaler, the generators, and the weights trained (train_model)
     where they are not model's (with ema, model is their average). Modules uncompiled or compiled in place."""
-    ckpt = {"format_version": CHECKPOINT_FORMAT_VERSION, "model": model.state_dict(), **about, **asdict(state)}
+    ckpt = {"format_version": CHECKPOINT_FORMAT_VERSION, "model": model.state_dict(), **about,
+            **bpe.save_fields(about["vocab"]), **asdict(state)}  # a BPE vocabulary: a plain list and its tokenizer
     if optimizer is not None:
         if train_model is not model:
             ckpt["train_model"] = train_model.state_dict()
@@ -162,6 +164,15 @@ def checkpoint_path(run_dir: Path) -> Path:
     raise UsageError(f"run folder '{run_dir}' has no best.pt or ckpt.pt: it has not reached its first evaluation")
 
 
+def tokenizer_of(run_dir: Path) -> str | None:
+    """How a run's model reads text, from its checkpoint: "characters" or "BPE, N tokens"; None before it has one."""
+    try:
+        ckpt = load_checkpoint(checkpoint_path(run_dir), mmap=True)  # mmap: the weights are not read
+    except UsageError:
+        return None
+    return f"BPE, {len(ckpt['vocab'])} tokens" if ckpt.get("tokenizer") else "characters"
+
+
 def load_model(run_dir: Path, device: str):
     """The run's best.pt (else ckpt.pt) as an eval-mode GPT on device, with its vocabulary and checkpoint info."""
     path = checkpoint_path(run_dir)
@@ -171,7 +182,7 @@ def load_model(run_dir: Path, device: str):
     model.to(device).eval()
     info = {"path": str(path), "iter_num": ckpt["iter_num"], "best_val_loss": ckpt["best_val_loss"],
             "train_config": ckpt.get("train_config") or {}}  # the run's settings: its data_dir, eval_tokens, ...
-    return model, ckpt["vocab"], info
+    return model, bpe.from_fields(ckpt), info
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -16,10 +16,10 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
-from checkpoint import checkpoint_path, load_model
+from checkpoint import checkpoint_path, load_model, tokenizer_of
 from configurator import UsageError, build_config, parse_args, run_command
 from data import encode
-from explain import draw_context_curves, run_val_measures
+from explain import draw_context_curves, noun, run_val_measures
 from files import ensure_dir, write_atomic
 from plot import plot_runs, run_names
 from runlog import (best_eval, format_duration, read_config, read_metrics, read_run_info, read_summary,
@@ -85,6 +85,7 @@ def run_results(run_dir: Path, metrics: list[dict]) -> dict:
             "best_val_loss": summary.get("best_val_loss"),
             "best_iter": summary.get("best_iter"),
             "best_val_ppl": summary.get("best_val_ppl"),
+            "best_val_bpc": summary.get("best_val_bpc", at_best.get("val_bpc") if at_best else None),
             "val_acc": at_best.get("val_acc") if at_best else None,
             "gap": summary.get("gap_at_best"),
             "elapsed_s": summary.get("elapsed_s"),
@@ -97,6 +98,7 @@ def run_results(run_dir: Path, metrics: list[dict]) -> dict:
         "best_val_loss": best["val_loss"] if best else None,
         "best_iter": best["iter_num"] if best else None,
         "best_val_ppl": math.exp(best["val_loss"]) if best else None,
+        "best_val_bpc": best.get("val_bpc") if best else None,
         "val_acc": best.get("val_acc") if best else None,
         "gap": best["val_loss"] - best["train_loss"] if best else None,
         "elapsed_s": None,
@@ -108,18 +110,20 @@ def run_results(run_dir: Path, metrics: list[dict]) -> dict:
 # Writing the report
 
 def results_table(names: list[str], differences: list[list[str]], results: list[dict]) -> str:
-    header = ["run", "differs from the first run", "params", "best val loss", "at iter", "val ppl", "top-1 acc",
-              "train/val gap", "training time", "tokens/s", "status"]
+    header = ["run", "differs from the first run", "params", "best val loss", "bits/char", "at iter", "val ppl",
+              "top-1 acc", "train/val gap", "training time", "tokens/s", "status"]
     rows = [[name, "(reference)" if index == 0 else ", ".join(changed) or "(same settings)", fmt(r["params"], ","),
-             fmt(r["best_val_loss"], ".4f"), r["best_iter"], fmt(r["best_val_ppl"], ".2f"), fmt(r["val_acc"], ".1%"),
+             fmt(r["best_val_loss"], ".4f"), fmt(r["best_val_bpc"], ".4f"), r["best_iter"],
+             fmt(r["best_val_ppl"], ".2f"), fmt(r["val_acc"], ".1%"),
              fmt(r["gap"], "+.4f"), None if r["elapsed_s"] is None else format_duration(r["elapsed_s"]),
              fmt(r["tokens_per_s"], ",.0f"), r["status"]]
             for index, (name, changed, r) in enumerate(zip(names, differences, results))]
     return markdown_table(header, rows)
 
 
-def inside_section(names: list[str], measures: list[dict]) -> list[str]:
-    """The report's lines on each run's val loss by context position and by layer (explain.run_val_measures)."""
+def inside_section(names: list[str], measures: list[dict], unit: str = "character") -> list[str]:
+    """The report's lines on each run's val loss by context position and by layer (explain.run_val_measures); unit:
+    what a position holds, "character" or, where a run reads BPE tokens, "token"."""
     longest = max(len(m["context_loss"]) for m in measures)
     # positions 1, 2-3, 4-7, ...: one position holds too few targets for a steady mean
     ranges = [(2 ** k, min(2 ** (k + 1) - 1, longest)) for k in range(longest.bit_length())]
@@ -132,9 +136,9 @@ def inside_section(names: list[str], measures: list[dict]) -> list[str]:
                    for m in measures]] for i in range(depth)]
     return ["## Where the loss goes: context and layers", "",
             "![val loss at each position of the window](context.png)", "",
-            "The mean val loss with 1, 2-3, 4-7, ... characters of context (the positions in the window), over each "
+            f"The mean val loss with 1, 2-3, 4-7, ... {unit}s of context (the positions in the window), over each "
             "run's own evaluation windows: a run that gains only at long contexts gained from its longer block.", "",
-            markdown_table(["characters of context", *names], by_position), "",
+            markdown_table([f"{unit}s of context", *names], by_position), "",
             "The val loss (top-1 accuracy) if the model predicted from its residual stream after the embeddings and "
             "after each block (the final norm and output layer applied there): the last row of a run is the run "
             "itself, and the drop from row to row is what that block adds.", "",
@@ -143,23 +147,27 @@ def inside_section(names: list[str], measures: list[dict]) -> list[str]:
 
 def write_report(path: Path, names: list[str], differences: list[list[str]], results: list[dict],
                  samples: list[tuple[str, str]], prompt: str, seed: int, max_new_tokens: int, inside: list[str],
-                 over_training: list[list[tuple[int, str]]]) -> None:
+                 over_training: list[list[tuple[int, str]]], tokenizers: list[str | None]) -> None:
+    kinds = sorted(set(tokenizers) - {None})
     parts = [
         "# Run comparison",
         "",
         "The first run is the reference; each other row lists the settings in which that run differs from it. "
-        "Best val loss, its iteration and perplexity; top-1 next-character accuracy and the train/val gap "
-        "(val minus train loss) at that iteration.",
+        "Best val loss, its bits per character, its iteration and perplexity; top-1 next-token accuracy and the "
+        "train/val gap (val minus train loss) at that iteration.",
         "",
         results_table(names, differences, results),
         "",
-        "![loss curves: val solid, train dashed](val_loss.png)",
+        *([f"The runs' tokenizers differ ({'; '.join(f'{n}: {t}' for n, t in zip(names, tokenizers))}): a loss, "
+           "a perplexity or an accuracy per token of one is not one of another's. Compare them in bits per "
+           "character, which the plot shows.", ""] if len(kinds) > 1 else []),
+        "![val loss curves](val_loss.png)",
         "",
         *inside,
         "## Samples",
         "",
         f"Each run's sample starts from the prompt {prompt!r}, with seed {seed}, temperature {TEMPERATURE}, "
-        f"all characters as candidates (no top_k) and {max_new_tokens} new characters. Below each, the text the "
+        f"all tokens as candidates (no top_k) and {max_new_tokens} new tokens. Below each, the text the "
         "run wrote at its evaluations 0, 1, 2, 4, 8, ... and the last (train.py's eval_sample_chars), in order.",
     ]
     for name, (checkpoint, text), written in zip(names, samples, over_training):
@@ -198,7 +206,7 @@ def compare(argv: list[str]) -> Path:
     models = [load_model(run_dir, SAMPLE_DEVICE) for run_dir in run_dirs]
     for name, (_, vocab, _) in zip(names, models):
         try:
-            encode(prompt, vocab)  # the prompt's characters, in every run's vocabulary
+            encode(prompt, vocab)  # the prompt's characters, in every character run's vocabulary
         except UsageError as e:
             raise UsageError(f"run {name}: {e}") from None
 
@@ -219,12 +227,14 @@ def compare(argv: list[str]) -> Path:
 
     output = ensure_dir(cfg.output, key="output")
     plot_runs(run_dirs, output / "val_loss.png")
+    unit = "token" if any(noun(vocab) == "token" for _, vocab, _ in models) else "character"
     if measures:
-        draw_context_curves({name: m["context_loss"] for name, m in zip(names, measures)}, output / "context.png")
+        draw_context_curves({name: m["context_loss"] for name, m in zip(names, measures)}, output / "context.png",
+                            unit)
     report = output / "report.md"
     write_report(report, names, differences, results, samples, prompt, cfg.seed, cfg.max_new_tokens,
-                 inside_section(names, measures) if measures else inside,
-                 [samples_over_training(metrics) for metrics in all_metrics])
+                 inside_section(names, measures, unit) if measures else inside,
+                 [samples_over_training(metrics) for metrics in all_metrics], [tokenizer_of(d) for d in run_dirs])
     print(f"wrote {report}, {output / 'val_loss.png'}{' and context.png' if measures else ''}")
     return report
 

@@ -1,9 +1,11 @@
-"""The prepared dataset: characters to ids and back, and the files train.bin, val.bin and meta.json, written here for
-prepare_shakespeare.py and read here for train.py and bench.py.
+"""The prepared dataset: text to token ids and back (characters, or bpe.py's subword tokens), and the files train.bin,
+val.bin and meta.json, written here for prepare_shakespeare.py and read here for train.py and bench.py.
 
     train.bin, val.bin  raw token ids (the first and last part of the text), readable with np.memmap: uint16, as
                         nanoGPT writes them, or uint32 for a vocabulary of more than 65,536 characters
-    meta.json           the vocabulary (id -> character), the id dtype, and each split's token count and checksums
+    meta.json           the vocabulary (id -> character, or token), the id dtype, and each split's token count and
+                        checksums; for BPE tokens also "tokenizer": "bpe", and each split's characters
+    tokenizer.json      BPE tokens only: the tokenizer (Hugging Face tokenizers' format)
 
 Both sides work in pieces, so that a text larger than memory can be prepared and trained on: the text is read and
 encoded in chunks, and training reads the token files through a memory map (only the pages a batch touches).
@@ -17,10 +19,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import bpe
 from configurator import UsageError
 from files import read_json, write_atomic
 
 META_FORMAT_VERSION = 1
+BPE_FILE = "tokenizer.json"  # a BPE dataset's tokenizer, beside its token files (Hugging Face tokenizers' format)
 NOT_PREPARED = "run prepare_shakespeare.py first (or point --data_dir at prepared data)"
 ID_DTYPES = {"uint16": np.uint16, "uint32": np.uint32}
 CHUNK_BYTES = 1 << 24  # how much of the text is read and encoded at a time: bounds prepare's memory
@@ -33,7 +37,10 @@ SPOT_BLOCKS, SPOT_BLOCK_BYTES = 64, 1 << 16
 # The vocabulary: every distinct character of the text, sorted (scan_text), so the same text always gives the same ids.
 
 def encode(text: str, vocab: list[str]) -> list[int]:
-    """Ids of text's characters; characters outside the vocabulary are refused, every one of them named."""
+    """Ids of text's tokens: its characters, refusing those outside the vocabulary, every one of them named; with a
+    BPE vocabulary (bpe.Vocabulary), its subword tokens, of any text."""
+    if isinstance(vocab, bpe.Vocabulary):
+        return bpe.encode(text, vocab)
     stoi = {ch: i for i, ch in enumerate(vocab)}
     unknown = sorted({ch for ch in text if ch not in stoi})
     if unknown:
@@ -43,7 +50,7 @@ def encode(text: str, vocab: list[str]) -> list[int]:
 
 
 def decode(ids, vocab: list[str]) -> str:
-    return "".join(vocab[i] for i in ids)
+    return bpe.decode(ids, vocab) if isinstance(vocab, bpe.Vocabulary) else "".join(vocab[i] for i in ids)
 
 
 def id_dtype(vocab_size: int) -> str:
@@ -120,20 +127,21 @@ def encoded_chunks(path: Path, vocab: list[str], dtype: str, chunk_bytes: int | 
         yield table[np.frombuffer(piece.encode("utf-32-le"), dtype=np.uint32)]
 
 
-def write_ids(path: Path, chunks, n_tokens: int, leftover: list) -> dict:
-    """Write the first n_tokens ids of chunks to path (atomically), hashing them as they go. What is left of the
-    last chunk read goes into leftover, for the next split. Returns the split's tokens and checksums."""
+def write_ids(path: Path, chunks, n_tokens: int | None = None, leftover: list | None = None) -> dict:
+    """Write the first n_tokens ids of chunks (None: all of them) to path (atomically), hashing them as they go. What
+    is left of the last chunk read goes into leftover, for the next split. Returns the split's tokens and checksums."""
     sha256, written = hashlib.sha256(), 0
 
     def write(f):
         nonlocal written
         for ids in chunks:
-            part = ids[:n_tokens - written]
+            part = ids if n_tokens is None else ids[:n_tokens - written]
             f.write(part.tobytes())
             sha256.update(part.tobytes())
             written += len(part)
             if written == n_tokens:
-                leftover.append(ids[len(part):])
+                if leftover is not None:
+                    leftover.append(ids[len(part):])
                 return
 
     write_atomic(path, write)
@@ -141,29 +149,54 @@ def write_ids(path: Path, chunks, n_tokens: int, leftover: list) -> dict:
 
 
 def write_dataset(path: Path, data_dir: Path, val_fraction: float, source: str, chunk_bytes: int | None = None,
-                  on_read=None) -> dict:
-    """Encode the text file at path into train.bin, val.bin and meta.json in data_dir, in two passes over the text
-    (the vocabulary, then the ids) that each hold one chunk in memory. Returns the metadata written."""
-    vocab, n_chars = scan_text(path, chunk_bytes, on_read)
+                  on_read=None, vocab_size: int = 0) -> dict:
+    """Encode the text file at path into train.bin, val.bin and meta.json in data_dir, reading the text a chunk at a
+    time: its characters, then their ids. vocab_size > 0: subword tokens instead, a byte-level BPE of that many
+    trained on the train split alone (bpe.py), written beside them as tokenizer.json. Either way val is the text's
+    last val_fraction of characters. Returns the metadata written."""
+    chars, n_chars = scan_text(path, chunk_bytes, on_read)
     n_train = int(n_chars * (1 - val_fraction))
     if n_train < 2 or n_chars - n_train < 2:
         raise UsageError(f"the text ({n_chars} characters) is too short to split with val_fraction "
                          f"{val_fraction}: each split needs at least 2 characters")
-    dtype, data_dir, leftover = id_dtype(len(vocab)), Path(data_dir), []
-    chunks = encoded_chunks(path, vocab, dtype, chunk_bytes, on_read)
-    train = write_ids(data_dir / "train.bin", chunks, n_train, leftover)
-    val = write_ids(data_dir / "val.bin", (ids for part in (leftover, chunks) for ids in part), n_chars - n_train, [])
+    data_dir = Path(data_dir)
+    if vocab_size:
+        vocab = bpe.train(pieces_between(path, 0, n_train, chunk_bytes, on_read), vocab_size)
+        train = write_ids(data_dir / "train.bin", bpe.encode_pieces(pieces_between(path, 0, n_train, chunk_bytes,
+                                                                                   on_read), vocab))
+        val = write_ids(data_dir / "val.bin", bpe.encode_pieces(pieces_between(path, n_train, n_chars, chunk_bytes,
+                                                                               on_read), vocab))
+        write_atomic(data_dir / BPE_FILE, vocab.tokenizer)
+        tokenizer = {"tokenizer": "bpe", "tokenizer_sha256": hashlib.sha256(vocab.tokenizer.encode()).hexdigest(),
+                     "train_chars": n_train, "val_chars": n_chars - n_train}
+    else:
+        vocab, leftover, tokenizer = chars, [], {}
+        chunks = encoded_chunks(path, vocab, id_dtype(len(vocab)), chunk_bytes, on_read)
+        train = write_ids(data_dir / "train.bin", chunks, n_train, leftover)
+        val = write_ids(data_dir / "val.bin", (ids for part in (leftover, chunks) for ids in part), n_chars - n_train)
     meta = {
         "format_version": META_FORMAT_VERSION,
         "vocab_size": len(vocab),
-        "vocab": vocab,  # id -> character; the inverse map is rebuilt where needed
-        "dtype": dtype,
+        "vocab": list(vocab),  # id -> character (a BPE's: id -> token, in GPT-2's byte alphabet)
+        "dtype": id_dtype(len(vocab)),
         # load_split checks the .bin files against these, so a truncated or damaged file is caught before training
         **{f"{name}_{key}": value for name, split in (("train", train), ("val", val)) for key, value in split.items()},
+        **tokenizer,
         "source": source,
     }
     write_atomic(data_dir / "meta.json", json.dumps(meta, ensure_ascii=False, indent=1))
     return meta
+
+
+def pieces_between(path: Path, start: int, stop: int, chunk_bytes: int | None = None, on_read=None):
+    """The characters start to stop of the text file at path, as str pieces (text_chunks)."""
+    seen = 0
+    for piece in text_chunks(path, chunk_bytes, on_read):
+        if seen + len(piece) > start:
+            yield piece[max(start - seen, 0):stop - seen]
+        seen += len(piece)
+        if seen >= stop:
+            return
 
 
 def spot_sha256(path: Path) -> str:
@@ -191,6 +224,16 @@ def load_meta(data_dir) -> dict:
     vocab = meta.get("vocab")
     if not isinstance(vocab, list) or not all(isinstance(c, str) for c in vocab):
         raise UsageError(f"{path} is corrupt (no readable 'vocab' list): run prepare_shakespeare.py again")
+    if meta.get("tokenizer") == "bpe":  # the vocabulary carries the tokenizer, which encoding needs
+        tokenizer_path = Path(data_dir) / BPE_FILE
+        if not tokenizer_path.is_file():
+            raise UsageError(f"{tokenizer_path} not found, and {path} says the data is BPE tokens: "
+                             "run prepare_shakespeare.py again")
+        tokenizer = tokenizer_path.read_text(encoding="utf-8")
+        if hashlib.sha256(tokenizer.encode()).hexdigest() != meta.get("tokenizer_sha256"):
+            raise UsageError(f"{tokenizer_path} is not the tokenizer the data was encoded with (its sha256 differs "
+                             f"from the one in meta.json): run prepare_shakespeare.py again")
+        meta["vocab"] = bpe.Vocabulary(vocab, tokenizer)
     return meta
 
 

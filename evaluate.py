@@ -3,6 +3,8 @@ when it is large), the per-character counts of right and wrong predictions, and 
 precision, recall and F1 drawn from them. train.py's estimate_loss runs the model over them.
 """
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -115,6 +117,15 @@ def accuracies(counts: torch.Tensor) -> tuple[float, float]:
     """(top-1, top-5) accuracy from prediction_counts: the share of targets predicted right."""
     targets = counts[TARGETS].sum().item()
     return counts[CORRECT].sum().item() / targets, counts[TOP5].sum().item() / targets
+
+
+def bits_per_character(loss: float, counts: torch.Tensor, token_chars: list[int]) -> float:
+    """The loss in bits per character of the text the targets hold, which a character run and a BPE run (whose
+    tokens hold several characters: token_chars, bpe.token_chars) share: loss, a mean in nats per target, times the
+    targets per character, over ln 2. For a character run, exactly loss / ln 2."""
+    targets = counts[TARGETS].double()  # (vocab_size,): how often each token is a target
+    chars = float(targets @ torch.tensor(token_chars, dtype=torch.float64))
+    return loss / math.log(2) * (float(targets.sum()) / chars)
 
 
 def classification_metrics(counts: torch.Tensor) -> dict:

@@ -1,6 +1,6 @@
-"""See inside a trained run: what each head attends to, what temperature does, what each character of context and each
-layer buys, how the model places characters and positions, and the text it wrote as it learnt, in pictures with the
-numbers behind them.
+"""See inside a trained run: what each head attends to, what temperature does, what each token of context and each
+layer buys, how the model places tokens and positions, and the text it wrote as it learnt, in pictures with the
+numbers behind them. A token is a character, or a BPE run's subword token (bpe.py), shown as its text.
 
     python explain.py --out_dir=out/cpu --start="ROMEO:"     # writes out/cpu/explain/explain.md and its pictures
 
@@ -8,7 +8,8 @@ It loads a run's best.pt (else ckpt.pt; nanoGPT's too, as sample.py does) and wr
 <out_dir>/explain/) explain.md, which shows each picture with what to look for, explain.json with the same numbers
 (context_loss, layer_loss, heads, next_char, samples, ...), and the PNGs. The val loss figures are over the run's own
 evaluation windows (evaluate.py): the same tokens every evaluation of the run read. docs/explain.md says how to read
-each picture.
+each picture. For a BPE run the report says "token" where a character run's says "character", its positions are
+token positions, and explain.json keeps its keys, with each token as its decoded text.
 """
 
 import math
@@ -19,9 +20,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+import bpe
 from checkpoint import load_model
 from configurator import UsageError, build_config, parse_args, refuse_positional, run_command
-from data import encode, load_data, remap_ids
+from data import decode, encode, load_data, remap_ids
 from devices import resolve_device
 from evaluate import IGNORED, eval_batches
 from files import ensure_dir, write_atomic, write_json
@@ -30,7 +32,8 @@ from runlog import read_metrics, samples_over_training
 from tables import markdown_table, text_over_training
 
 TEMPERATURES = (0.5, 0.8, 1.0, 1.5)  # sample.py's default 0.8, and either side of it
-SHOWN_CHARACTERS = 12  # the likeliest characters drawn for the next character, and the confusion matrix's size
+SHOWN_CHARACTERS = 12  # the likeliest tokens drawn for the next token, and the confusion matrix's size
+LABELLED_TOKENS = 100  # a larger vocabulary's embedding picture labels only its most frequent tokens (val targets)
 ROLE_SHARE = 1 / 3  # a head "mostly looks at" a place it gives more than this share of its attention, on average
 
 
@@ -41,8 +44,48 @@ class ExplainConfig:
     output: str = ""  # the folder for explain.md, explain.json and the pictures; empty: <out_dir>/explain
     data_dir: str = ""  # the data whose val split is measured; empty: the run's own
     eval_tokens: int = -1  # val tokens read at most, in the evaluation's fixed windows; -1: the run's; 0: all
-    top_k: int = 10  # the cut drawn on the next character's probabilities (sample.py's --top_k)
+    top_k: int = 10  # the cut drawn on the next token's probabilities (sample.py's --top_k)
     device: str = "auto"  # auto (cuda, else mps, else cpu), cpu, cuda, cuda:N or mps
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Tokens as a reader sees them
+
+def noun(vocab: list[str]) -> str:
+    """What the report calls one of the run's tokens: "character", or "token" for a BPE run's subword tokens."""
+    return "token" if isinstance(vocab, bpe.Vocabulary) else "character"
+
+
+def token_texts(vocab: list[str]) -> list[str]:
+    """Each token's text, id -> str: a character run's characters; a BPE run's tokens decoded from GPT-2's byte
+    alphabet (" the", not "Ġthe"; a token that holds part of a character only shows U+FFFD)."""
+    if not isinstance(vocab, bpe.Vocabulary):
+        return list(vocab)
+    return [bpe.decode([i], vocab) for i in range(len(vocab))]
+
+
+def prompt_ids(prompt: str, vocab: list[str], block: int) -> tuple[list[int], str, str]:
+    """(ids, text, note) of the prompt as the model reads it: a prompt of more than block tokens cut to its last
+    block, the text those hold, and the report's note on it. A character run refuses characters outside its
+    vocabulary (data.encode); a BPE run encodes any text."""
+    ids, unit = encode(prompt, vocab), noun(vocab)
+    note = f"{len(ids)} {unit}s" + (f" ({len(prompt)} characters)" if unit == "token" else "")
+    if len(ids) > block:
+        ids, note = ids[-block:], f"its last {block} {unit}s (block_size) of {len(ids)}"
+        prompt = decode(ids, vocab)
+    return ids, prompt, note
+
+
+def characters_per_token(confusion: torch.Tensor, vocab: list[str]) -> float:
+    """How many characters a val target token holds on average (bpe.token_chars): 1 for a character run."""
+    support = confusion.sum(1).double()
+    return round(float(support @ torch.tensor(bpe.token_chars(vocab), dtype=torch.float64) / support.sum()), 4)
+
+
+def by_frequency(confusion: torch.Tensor) -> list[int]:
+    """The ids of the tokens that occur as targets in confusion (V, V), most frequent first."""
+    support = confusion.sum(1)
+    return [c for c in support.double().argsort(descending=True).tolist() if support[c] > 0]
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -72,19 +115,20 @@ def lens_logits(model, stream: torch.Tensor) -> torch.Tensor:
     return model.lm_head(model.transformer.ln_f(stream))
 
 
-def head_stats(weights: torch.Tensor, prompt: str) -> list[dict]:
-    """Per head of one layer's weights (nh, T, T) over the prompt: the mean distance it looks back, the entropy of
-    its weights (in nats: 0 looks at one position, ln(i + 1) spreads evenly), and the share it gives the previous
-    character, the same character and the start of the line (the newline that began it; on the prompt's first line,
-    its first character), averaged over the positions that have each. The first position is left out where there
-    are others: it has only itself to look at. Distance and entropy grow with the prompt's length: compare heads on
-    prompts of one length."""
+def head_stats(weights: torch.Tensor, prompt) -> list[dict]:
+    """Per head of one layer's weights (nh, T, T) over the prompt (its T tokens' texts: a str, for characters): the
+    mean distance it looks back, the entropy of its weights (in nats: 0 looks at one position, ln(i + 1) spreads
+    evenly), and the share it gives the previous token, the same token and the start of the line (the last token
+    before it that holds a newline; on the prompt's first line, its first token), averaged over the positions that
+    have each. The first position is left out where there are others: it has only itself to look at. Distance and
+    entropy grow with the prompt's length: compare heads on prompts of one length."""
     nh, T, _ = weights.shape
     i = torch.arange(T)
     rows = i[1:] if T > 1 else i  # the positions with a choice
     distance = (weights * (i[:, None] - i[None, :]).clamp(min=0)).sum(-1)[:, rows].mean(-1)  # (nh,)
     entropy = -(weights * weights.clamp(min=1e-12).log()).sum(-1)[:, rows].mean(-1)  # (nh,)
-    line_start = torch.tensor([max(prompt.rfind("\n", 0, p), 0) for p in range(T)])  # each position's line start
+    newlines = [p for p in range(T) if "\n" in prompt[p]]  # the positions whose token holds a newline
+    line_start = torch.tensor([max([q for q in newlines if q < p], default=0) for p in range(T)])  # each one's start
     previous = weights[:, i[1:], i[1:] - 1].mean(-1) if T > 1 else torch.zeros(nh)
     same = weights[:, rows, rows].mean(-1)
     starts = i[line_start < i]  # positions whose line began earlier
@@ -94,9 +138,10 @@ def head_stats(weights: torch.Tensor, prompt: str) -> list[dict]:
              "line_start": round(start[h].item(), 3)} for h in range(nh)]
 
 
-def role(head: dict) -> str:
-    """What a head mostly looks at, from head_stats: the previous character, the same one, the line's start."""
-    shares = {"previous character": head["previous"], "same character": head["same"],
+def role(head: dict, unit: str = "character") -> str:
+    """What a head mostly looks at, from head_stats: the previous token (unit: what a token is called), the same one,
+    the line's start."""
+    shares = {f"previous {unit}": head["previous"], f"same {unit}": head["same"],
               "start of the line": head["line_start"]}
     name, share = max(shares.items(), key=lambda kv: kv[1])
     return name if share > ROLE_SHARE else "spread out"
@@ -104,7 +149,8 @@ def role(head: dict) -> str:
 
 def next_char(logits: torch.Tensor, vocab: list[str], top_k: int) -> dict:
     """At one position's logits (V,): for each temperature T, softmax(logits / T), its entropy and the likeliest
-    characters; and the share of the probability that sample.py's top_k keeps."""
+    tokens (their texts from vocab, id -> text: token_texts); and the share of the probability that sample.py's
+    top_k keeps."""
     logits = logits.float()
     order = logits.argsort(descending=True)[:SHOWN_CHARACTERS].tolist()
     result = {"characters": [vocab[i] for i in order], "top_k": top_k, "temperatures": {}}
@@ -149,13 +195,12 @@ def val_measures(model, val_ids: torch.Tensor, max_tokens: int, batch_size: int)
 
 
 def per_character(confusion: torch.Tensor, vocab: list[str]) -> list[dict]:
-    """Precision, recall and F1 of each character that occurs as a target, most frequent first."""
+    """Precision, recall and F1 of each token that occurs as a target, most frequent first, under the key
+    "character" (its text from vocab, id -> text: token_texts), whatever the run's tokens are."""
     right = confusion.diag().double()
     support, predicted = confusion.sum(1).double(), confusion.sum(0).double()
     rows = []
-    for c in support.argsort(descending=True).tolist():
-        if support[c] == 0:
-            break
+    for c in by_frequency(confusion):
         precision = (right[c] / predicted[c]).item() if predicted[c] else 0.0
         recall = (right[c] / support[c]).item()
         f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
@@ -203,15 +248,28 @@ def save(fig, path: Path) -> str:
     return path.name
 
 
-def shown(ch: str) -> str:
-    """A character as a tick label: whitespace made visible."""
-    return {"\n": "\\n", " ": "␣", "\t": "\\t"}.get(ch, ch)
+def shown(text: str) -> str:
+    """A token's text (a character, or a BPE token's characters) as a label: whitespace made visible."""
+    return "".join({"\n": "\\n", " ": "␣", "\t": "\\t"}.get(ch, ch) for ch in text)
 
 
-def draw_attention(maps: list[torch.Tensor], prompt: str, path: Path) -> str:
+def label(text: str) -> str:
+    """A token's text as a picture's label: shown, with "$" escaped, which matplotlib would read as mathematics
+    where a label holds two (a BPE token may); it draws the escaped one as "$" itself."""
+    return shown(text).replace("$", "\\$")
+
+
+def upright(labels: list[str]) -> dict:
+    """The tick options for labels along an x axis: turned upright where one is longer than a character's (a BPE
+    token's), so that they do not overlap; none otherwise."""
+    return {"rotation": 90} if max(map(len, labels), default=0) > 2 else {}
+
+
+def draw_attention(maps: list[torch.Tensor], prompt, path: Path) -> str:
+    """Each head's weights; prompt: the T tokens' texts (a str, for characters), the labels of both axes."""
     n_layer, n_head = len(maps), maps[0].size(0)
     fig = figure(2.2 * n_head + 1, 2.2 * n_layer + 0.5)
-    labels = [shown(c) for c in prompt]
+    labels = [label(c) for c in prompt]
     step = math.ceil(len(prompt) / 24)  # at most 24 labels an axis
     for layer, weights in enumerate(maps):
         for head in range(n_head):
@@ -219,13 +277,13 @@ def draw_attention(maps: list[torch.Tensor], prompt: str, path: Path) -> str:
             ax.imshow(weights[head].numpy(), cmap="viridis", vmin=0, vmax=1)
             ax.set_title(f"layer {layer} head {head}", fontsize=8)
             ticks = list(range(0, len(prompt), step))
-            ax.set_xticks(ticks, [labels[t] for t in ticks], fontsize=6)
+            ax.set_xticks(ticks, [labels[t] for t in ticks], fontsize=6, **upright(labels))
             ax.set_yticks(ticks, [labels[t] for t in ticks], fontsize=6)
     fig.suptitle("attention: row = the position attending, column = the position attended to", fontsize=10)
     return save(fig, path)
 
 
-def draw_next_char(result: dict, path: Path) -> str:
+def draw_next_char(result: dict, path: Path, unit: str = "character") -> str:
     fig = figure(8, 3.5)
     ax = fig.add_subplot()
     chars, width = result["characters"], 0.8 / len(TEMPERATURES)
@@ -234,8 +292,9 @@ def draw_next_char(result: dict, path: Path) -> str:
                label=f"T = {temperature} (entropy {at['entropy']:.2f} nats)")
     if 0 < result["top_k"] < len(chars):
         ax.axvline(result["top_k"] - 0.1, color="black", linestyle="--", label=f"top_k = {result['top_k']} keeps these")
-    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(chars))], [shown(c) for c in chars])
-    ax.set_ylabel("probability of the next character")
+    labels = [label(c) for c in chars]
+    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(chars))], labels, **upright(labels))
+    ax.set_ylabel(f"probability of the next {unit}")
     ax.legend(fontsize="small")
     return save(fig, path)
 
@@ -252,20 +311,20 @@ def smoothed(values: list[float]) -> list[float]:
     return means
 
 
-def context_axes(ax, title: str) -> None:
-    """The axes of a context curve: the context length on a log scale, labelled 1, 2, 4, ... rather than powers of
-    two, against the mean val loss."""
+def context_axes(ax, title: str, unit: str = "character") -> None:
+    """The axes of a context curve: the context length in tokens (unit: what a token is called) on a log scale,
+    labelled 1, 2, 4, ... rather than powers of two, against the mean val loss."""
     from matplotlib.ticker import StrMethodFormatter
     ax.set_xscale("log", base=2)
     ax.xaxis.set_major_formatter(StrMethodFormatter("{x:.0f}"))
-    ax.set_xlabel("characters of context (position in the window)")
+    ax.set_xlabel(f"{unit}s of context (position in the window)")
     ax.set_ylabel("mean val loss")
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize="small")
 
 
-def draw_context(values: list[float], path: Path) -> str:
+def draw_context(values: list[float], path: Path, unit: str = "character") -> str:
     """One run's context curve: as measured and, for a long window, its running mean; log scale of context."""
     fig = figure(7, 3.5)
     ax = fig.add_subplot()
@@ -274,7 +333,7 @@ def draw_context(values: list[float], path: Path) -> str:
     ax.plot(xs, values, marker=None if long else ".", alpha=0.4 if long else 1.0, label="measured")
     if long:
         ax.plot(xs, smoothed(values), label=f"running mean of up to {2 * (len(values) // 64) + 1}")
-    context_axes(ax, "what each character of context is worth")
+    context_axes(ax, f"what each {unit} of context is worth", unit)
     return save(fig, path)
 
 
@@ -297,26 +356,30 @@ def draw_layers(losses: list[float], accuracies: list[float], path: Path) -> str
     return save(fig, path)
 
 
-def draw_context_curves(curves: dict[str, list[float]], path: Path) -> str:
+def draw_context_curves(curves: dict[str, list[float]], path: Path, unit: str = "character") -> str:
     """Several runs' context curves in one picture, each as its running mean, on a log scale of context length:
-    most of what context gives, it gives in the first few characters."""
+    most of what context gives, it gives in the first few characters. unit: what a position's token is called."""
     fig = figure(7, 3.8)
     ax = fig.add_subplot()
     for name, values in curves.items():
         ax.plot(range(1, len(values) + 1), smoothed(values) if len(values) >= 64 else values, label=name)
-    context_axes(ax, "what each character of context is worth, per run")
+    context_axes(ax, f"what each {unit} of context is worth, per run", unit)
     return save(fig, path)
 
 
-def draw_embeddings(plane: torch.Tensor, variance: list[float], vocab: list[str], path: Path) -> str:
+def draw_embeddings(plane: torch.Tensor, variance: list[float], vocab: list[str], path: Path,
+                    labelled: list[int] | None = None) -> str:
+    """Every token's point; the labels (vocab: id -> text) of the ids in labelled, or of all of them (None)."""
     fig = figure(6, 6)
     ax = fig.add_subplot()
     ax.scatter(plane[:, 0], plane[:, 1], s=4, alpha=0.3)
-    for (x, y), ch in zip(plane.tolist(), vocab):
-        ax.annotate(shown(ch), (x, y), fontsize=8, ha="center", va="center")
+    points = plane.tolist()
+    for i in range(len(vocab)) if labelled is None else labelled:
+        ax.annotate(label(vocab[i]), tuple(points[i]), fontsize=8, ha="center", va="center")
     ax.set_xlabel(f"first principal direction ({variance[0]:.0%} of the variance)")
     ax.set_ylabel(f"second ({variance[1]:.0%})")
-    ax.set_title("token embeddings, projected to 2-D")
+    ax.set_title("token embeddings, projected to 2-D" if labelled is None else
+                 f"token embeddings, projected to 2-D\n(labelled: the {len(labelled)} most frequent)")
     return save(fig, path)
 
 
@@ -326,7 +389,7 @@ def draw_matrix(matrix: torch.Tensor, labels: list[str], title: str, path: Path,
     image = ax.imshow(matrix.numpy(), cmap="viridis", vmin=vmin, vmax=vmax)
     fig.colorbar(image, ax=ax)
     if labels:
-        ax.set_xticks(range(len(labels)), labels)
+        ax.set_xticks(range(len(labels)), labels, **upright(labels))
         ax.set_yticks(range(len(labels)), labels)
     ax.set_title(textwrap.fill(title, 60), fontsize=10)
     return save(fig, path)
@@ -336,25 +399,29 @@ def draw_matrix(matrix: torch.Tensor, labels: list[str], title: str, path: Path,
 # The report
 
 def report(run: dict, prompt_note: str, heads: list[list[dict]], nxt: dict, val: dict, chars: list[dict],
-           variance: list[float], positions_kind: str, pictures: dict, samples: list[tuple[int, str]]) -> str:
-    """explain.md: each picture, what to look for in it, and the numbers it is drawn from."""
+           variance: list[float], positions_kind: str, pictures: dict, samples: list[tuple[int, str]],
+           unit: str = "character", per_token: float | None = None, labelled: int | None = None) -> str:
+    """explain.md: each picture, what to look for in it, and the numbers it is drawn from. unit: what a token is
+    called ("character", or "token" for a BPE run, whose val tokens hold per_token characters on average); labelled:
+    how many tokens the embedding picture labels, where it does not label all of them."""
+    u = unit
     parts = [f"# Inside {run['path']}", "", f"iter {run['iter_num']}, best val loss {run['best_val_loss']:.4f}. "
              f"The prompt: {prompt_note}. The val figures are over {val['tokens']:,} val tokens, the run's own "
              "evaluation windows.", "", "## 1. Attention", "", f"![attention]({pictures['attention']})", "",
-             "Each square is one head: row i is the character attending, column j the one it takes from (only j <= i:"
+             f"Each square is one head: row i is the {u} attending, column j the one it takes from (only j <= i:"
              " a GPT cannot look ahead). A bright line just below the diagonal is a head that reads the previous "
-             "character; a bright diagonal, the character itself; a bright column at each newline, the line's start. "
+             f"{u}; a bright diagonal, the {u} itself; a bright column at each newline, the line's start. "
              "The table gives each head's mean distance back and entropy over this prompt, and the shares of its "
-             "attention on the previous character, the same one and the line's start "
+             f"attention on the previous {u}, the same one and the line's start "
              f"(a head 'mostly looks at' one it gives more than {ROLE_SHARE:.0%}). Distances and entropies grow with "
              "the prompt's length: compare heads on prompts of one length.", ""]
-    rows = [[layer, h["head"], h["mean_distance"], h["entropy"], h["previous"], h["same"], h["line_start"], role(h)]
-            for layer, layer_heads in enumerate(heads) for h in layer_heads]
+    rows = [[layer, h["head"], h["mean_distance"], h["entropy"], h["previous"], h["same"], h["line_start"],
+             role(h, u)] for layer, layer_heads in enumerate(heads) for h in layer_heads]
     parts += [markdown_table(["layer", "head", "mean distance", "entropy (nats)", "previous", "same", "line start",
-                              "mostly looks at"], rows), "", "## 2. The next character", "",
-              f"![next character]({pictures['next_char']})", "",
-              "The model's probabilities for the character after the prompt, at the temperatures sample.py can use: "
-              "below 1 the likeliest characters take more of the probability (lower entropy, more predictable "
+                              "mostly looks at"], rows), "", f"## 2. The next {u}", "",
+              f"![next {u}]({pictures['next_char']})", "",
+              f"The model's probabilities for the {u} after the prompt, at the temperatures sample.py can use: "
+              f"below 1 the likeliest {u}s take more of the probability (lower entropy, more predictable "
               "text), above 1 the rest catch up (more surprising text). top_k keeps only the k likeliest.", ""]
     parts += [markdown_table(["temperature", "entropy (nats)", f"kept by top_k={nxt['top_k']}",
                               *[f"`{shown(c)}`" for c in nxt["characters"][:6]]],
@@ -363,36 +430,49 @@ def report(run: dict, prompt_note: str, heads: list[list[dict]], nxt: dict, val:
     context = val["context_loss"]
     level = sum(context[len(context) // 2:]) / len(context[len(context) // 2:])  # the second half's mean
     settled = next(p for p, loss in enumerate(smoothed(context), start=1) if loss <= level + 0.02)
+    positions = "" if per_token is None else (
+        f" Positions are token positions: a val token holds {per_token:.2f} characters on average, so the "
+        f"{len(context)}-token window holds about {len(context) * per_token:.0f} characters.")
     parts += ["## 3. Context", "", f"![context]({pictures['context']})", "",
-              "The mean val loss at each position of the window: with 1 character of context, 2, ... up to "
-              f"block_size: what each extra character is worth. With 1 character: {context[0]:.4f}; with "
+              f"The mean val loss at each position of the window: with 1 {u} of context, 2, ... up to "
+              f"block_size: what each extra {u} is worth. With 1 {u}: {context[0]:.4f}; with "
               f"{min(8, len(context))}: {context[min(7, len(context) - 1)]:.4f}; with {len(context)}: "
-              f"{context[-1]:.4f}. From about {settled} characters on, its running mean is within 0.02 of the "
-              f"second half's mean ({level:.4f}): past there, more context no longer pays, for this model.", ""]
+              f"{context[-1]:.4f}. From about {settled} {u}s on, its running mean is within 0.02 of the "
+              f"second half's mean ({level:.4f}): past there, more context no longer pays, for this model."
+              + positions, ""]
     vocab_size = val["confusion"].size(0)
     layer_rows = [["embeddings" if i == 0 else f"after block {i - 1}", f"{loss:.4f}", f"{acc:.1%}"]
                   for i, (loss, acc) in enumerate(zip(val["layer_loss"], val["layer_acc"]))]
     parts += ["## 4. Layer by layer", "", f"![layers]({pictures['layers']})", "",
               "The loss and accuracy the model would have if it stopped after the embeddings, or after each block, "
               "and predicted from there (its final norm and output layer applied): what each layer adds. The last "
-              "row is the model itself. From the embeddings alone it knows only the current character, and an "
+              f"row is the model itself. From the embeddings alone it knows only the current {u}, and an "
               "output layer trained to read the last block's stream reads this one poorly: a loss above a uniform "
               f"guess's (ln {vocab_size} = {math.log(vocab_size):.2f}) is "
               "usual there.", "", markdown_table(["residual stream", "val loss", "top-1 accuracy"],
                                                               layer_rows), ""]
-    parts += ["## 5. Characters", "", f"![embeddings]({pictures['embeddings']})", "",
-              f"Each character's embedding on its two leading principal directions ({variance[0]:.0%} and "
-              f"{variance[1]:.0%} of the variance): characters the model treats alike sit together (vowels, "
-              "capitals, punctuation).", "", f"![confusion]({pictures['confusion']})", "",
-              "Row: the character that came; column: the one predicted first (the most frequent characters, each "
-              "row as shares).", "", markdown_table(["character", "count", "precision", "recall", "F1"],
-                                                   [[f"`{shown(c['character'])}`", c["count"], c["precision"],
-                                                     c["recall"], c["f1"]] for c in chars[:SHOWN_CHARACTERS]]), ""]
+    parts += tokens_section(chars, variance, pictures, u, labelled)
     parts += ["## 6. Positions", "", f"![positions]({pictures['positions']})", "",
               f"The picture: {positions_kind}. Learned positions are whatever training found useful: "
               "neighbours usually end up alike. Sinusoidal and rotary ones are fixed patterns that depend on the "
               "distance alone, so they say the same for every run.", ""]
     return "\n".join(parts + over_training(samples))
+
+
+def tokens_section(chars: list[dict], variance: list[float], pictures: dict, unit: str,
+                   labelled: int | None) -> list[str]:
+    """Section 5: the embeddings, the confusion matrix and each frequent token's precision, recall and F1."""
+    u = unit
+    alike = " (vowels, capitals, punctuation)" if u == "character" else ""
+    only = "" if labelled is None else f" Only the {labelled} most frequent in the val split are labelled."
+    return [f"## 5. {u.capitalize()}s", "", f"![embeddings]({pictures['embeddings']})", "",
+            f"Each {u}'s embedding on its two leading principal directions ({variance[0]:.0%} and "
+            f"{variance[1]:.0%} of the variance): {u}s the model treats alike sit together{alike}.{only}", "",
+            f"![confusion]({pictures['confusion']})", "",
+            f"Row: the {u} that came; column: the one predicted first (the most frequent {u}s, each "
+            "row as shares).", "", markdown_table([u, "count", "precision", "recall", "F1"],
+                                                 [[f"`{shown(c['character'])}`", c["count"], c["precision"],
+                                                   c["recall"], c["f1"]] for c in chars[:SHOWN_CHARACTERS]]), ""]
 
 
 def over_training(samples: list[tuple[int, str]]) -> list[str]:
@@ -420,6 +500,12 @@ def run_val_measures(model, vocab: list[str], settings: dict, data_dir: str = ""
     read it: its data_dir, eval_tokens and batch_size unless data_dir or eval_tokens (>= 0) say otherwise."""
     data_dir = data_dir or settings.get("data_dir", "data/shakespeare_char")
     data_vocab, _, val_ids, _ = load_data(data_dir, "cpu", model.config.block_size)
+    tokenizers = [getattr(v, "tokenizer", None) for v in (vocab, data_vocab)]
+    if tokenizers[0] != tokenizers[1]:  # a BPE's token ids mean nothing under another tokenizer
+        kinds = ["characters" if t is None else "BPE tokens" for t in tokenizers]
+        what = f"holds {kinds[1]} and the model reads {kinds[0]}" if kinds[0] != kinds[1] else \
+            "has another BPE tokenizer than the model's"
+        raise UsageError(f"{data_dir} {what}: give --data_dir the data it was trained on")
     unknown = sorted(set(data_vocab) - set(vocab))
     if unknown:
         raise UsageError(f"{data_dir} has characters the model never saw ({' '.join(map(repr, unknown[:10]))}): "
@@ -436,35 +522,34 @@ def explain(argv=None) -> dict:
     device = resolve_device(cfg.device)
     out_dir = Path(cfg.out_dir) if cfg.out_dir else find_latest_run()
     model, vocab, run = load_model(out_dir, device)
-    block = model.config.block_size
-    prompt = read_prompt(cfg.start)
-    encode(prompt, vocab)  # refuses characters outside the vocabulary, before anything is written
-    note = f"{len(prompt)} characters"
-    if len(prompt) > block:
-        prompt, note = prompt[-block:], f"its last {block} characters (block_size) of {len(prompt)}"
-    idx = torch.tensor([encode(prompt, vocab)], device=device)  # (1, T)
-    traced = trace(model, idx)
+    # refuses a character run's unknown characters before anything is written
+    ids, prompt, note = prompt_ids(read_prompt(cfg.start), vocab, model.config.block_size)
+    texts, unit = token_texts(vocab), noun(vocab)  # what a reader sees of each token, and what a token is called
+    pieces = [texts[i] for i in ids]  # the text of each of the prompt's positions
+    traced = trace(model, torch.tensor([ids], device=device))  # (1, T)
     maps = [weights[0].cpu() for weights in traced["attention"]]  # (nh, T, T) per layer
-    heads = [head_stats(weights, prompt) for weights in maps]
-    nxt = next_char(traced["logits"][0, -1], vocab, cfg.top_k)
+    heads = [head_stats(weights, pieces) for weights in maps]
+    nxt = next_char(traced["logits"][0, -1], texts, cfg.top_k)
     val = run_val_measures(model, vocab, run["train_config"], cfg.data_dir, cfg.eval_tokens)
-    chars = per_character(val["confusion"], vocab)
+    chars = per_character(val["confusion"], texts)
     plane, variance = embedding_plane(model)
     similarity, positions_kind = position_similarity(model)
     samples = samples_over_training(read_metrics(out_dir)) if (out_dir / "metrics.jsonl").is_file() else []
 
     output = Path(cfg.output) if cfg.output else out_dir / "explain"
     ensure_dir(output, key="output")
-    frequent = [vocab.index(c["character"]) for c in chars[:SHOWN_CHARACTERS]]
-    confusion = val["confusion"][frequent][:, frequent].double()
+    frequent = by_frequency(val["confusion"])
+    labelled = frequent[:LABELLED_TOKENS] if len(vocab) > LABELLED_TOKENS else None  # None: every token
+    shown_ids = frequent[:SHOWN_CHARACTERS]
+    confusion = val["confusion"][shown_ids][:, shown_ids].double()
     pictures = {
-        "attention": draw_attention(maps, prompt, output / "attention.png"),
-        "next_char": draw_next_char(nxt, output / "next_char.png"),
-        "context": draw_context(val["context_loss"], output / "context.png"),
+        "attention": draw_attention(maps, pieces, output / "attention.png"),
+        "next_char": draw_next_char(nxt, output / "next_char.png", unit),
+        "context": draw_context(val["context_loss"], output / "context.png", unit),
         "layers": draw_layers(val["layer_loss"], val["layer_acc"], output / "layers.png"),
-        "embeddings": draw_embeddings(plane, variance, vocab, output / "embeddings.png"),
+        "embeddings": draw_embeddings(plane, variance, texts, output / "embeddings.png", labelled),
         "confusion": draw_matrix(confusion / confusion.sum(1, keepdim=True).clamp(min=1),
-                                 [shown(vocab[c]) for c in frequent], "val confusion (row shares)",
+                                 [label(texts[c]) for c in shown_ids], "val confusion (row shares)",
                                  output / "confusion.png"),
         "positions": draw_matrix(similarity, [], positions_kind, output / "positions.png", vmin=-1.0),
     }
@@ -472,9 +557,12 @@ def explain(argv=None) -> dict:
                "context_loss": val["context_loss"], "context_count": val["context_count"],
                "layer_loss": val["layer_loss"], "layer_acc": val["layer_acc"], "heads": heads, "next_char": nxt,
                "characters": chars, "embedding_variance": variance, "samples": samples, "pictures": pictures}
+    per_token = characters_per_token(val["confusion"], vocab) if unit == "token" else None
+    if unit == "token":  # a BPE run's: what each position of the prompt holds, and what a val token holds
+        numbers |= {"prompt_tokens": pieces, "characters_per_token": per_token}
     write_json(output / "explain.json", numbers)
     write_atomic(output / "explain.md", report(run, note, heads, nxt, val, chars, variance, positions_kind, pictures,
-                                               samples))
+                                               samples, unit, per_token, None if labelled is None else len(labelled)))
     print(f"wrote {output / 'explain.md'}, explain.json and {len(pictures)} pictures")
     return numbers
 

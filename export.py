@@ -1,6 +1,6 @@
 """Export a trained run to Hugging Face transformers: a folder that AutoModelForCausalLM and AutoTokenizer load
 offline, with the weights in safetensors, the config of a stock transformers architecture that computes what our
-model computes, and a character-level tokenizer whose ids are our vocabulary's.
+model computes, and a tokenizer whose ids are our vocabulary's: a character-level one, or a BPE run's own.
 
     python export.py --out_dir=out/cpu --output=exported/cpu
     python export.py                      # the most recently updated run under out/, into exported/<its name>
@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+import bpe
 from checkpoint import load_model
 from configurator import UsageError, build_config, parse_args, refuse_positional, run_command
 from files import write_folder
@@ -192,12 +193,14 @@ def export(argv=None) -> Path:
     missing, unexpected = hf_model.load_state_dict(weights, strict=False)
     missing = [key for key in missing if not (config["tie_weights"] and key == "lm_head.weight")]
     assert not missing and not unexpected, f"weights left out: {missing}; weights not used: {unexpected}"
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=character_tokenizer(vocab))
+    subwords = isinstance(vocab, bpe.Vocabulary)  # a BPE run's tokenizer is a Hugging Face tokenizer already
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe.loaded(vocab.tokenizer) if subwords else
+                                        character_tokenizer(vocab))
     output = write_folder(cfg.output or str(Path("exported") / run.name), lambda folder: (
         hf_model.save_pretrained(folder),  # config.json, generation_config.json, model.safetensors
         tokenizer.save_pretrained(folder)))  # a failed write leaves the folder as it was
     print(f"exported {info['path']} (iter {info['iter_num']}, val loss {info['best_val_loss']:.4f}) as "
-          f"{classes[1]} with a {len(vocab)}-character tokenizer to {output}/")
+          f"{classes[1]} with a {len(vocab)}-{'token BPE' if subwords else 'character'} tokenizer to {output}/")
     return output
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+import bpe
 from checkpoint import checkpoint_path, load_checkpoint, model_shape
 from configurator import UsageError
 from model import SHAPE_KEYS
@@ -50,7 +51,7 @@ def from_checkpoint(cfg, given: set):
         if started_from is not None:  # its shape came from a checkpoint, not its settings: it does again
             # A shape key set to another value is left for check_resumable to refuse, as for any resume.
             cfg = replace(cfg, **{k: v for k, v in model_shape(ckpt).items() if k not in given})
-        return cfg, Pretrained(ckpt["vocab"], started_from, None)
+        return cfg, Pretrained(bpe.from_fields(ckpt), started_from, None)
     path = source_checkpoint(cfg.init_from, None if cfg.eval_only else cfg.out_dir)  # eval_only writes nothing
     ckpt = load_checkpoint(path, mmap=True)
     shape = model_shape(ckpt)
@@ -63,7 +64,7 @@ def from_checkpoint(cfg, given: set):
     if problems:
         raise UsageError(problems)
     started_from = {"path": str(path), "iter_num": ckpt["iter_num"], "best_val_loss": ckpt["best_val_loss"]}
-    return replace(cfg, **shape), Pretrained(ckpt["vocab"], started_from, ckpt["model"])
+    return replace(cfg, **shape), Pretrained(bpe.from_fields(ckpt), started_from, ckpt["model"])
 
 
 def source_checkpoint(init_from: str, out_dir: str | None) -> Path:
@@ -85,19 +86,29 @@ def source_checkpoint(init_from: str, out_dir: str | None) -> Path:
 def model_vocab(pretrained: Pretrained | None, data_vocab: list[str],
                 freeze_layers: int) -> tuple[list[str], dict | None]:
     """The model's vocabulary (the trained model's, then the characters of the data it never saw, sorted) and the run
-    record's note of the run it started from, which names the characters added."""
+    record's note of the run it started from, which names the characters added. A BPE vocabulary never grows: the
+    data must have the trained model's tokenizer."""
     if pretrained is None:
         return data_vocab, None
+    tokenizers = [getattr(v, "tokenizer", None) for v in (pretrained.vocab, data_vocab)]
+    if tokenizers[0] != tokenizers[1]:  # a BPE's tokens stand for merges of others: no token can be added alone
+        kinds = ["characters" if t is None else "BPE tokens" for t in tokenizers]
+        what = f"reads {kinds[0]}, and this data is {kinds[1]}" if kinds[0] != kinds[1] else \
+            "has another BPE tokenizer than this data's"
+        raise UsageError(f"cannot start from {pretrained.started_from['path']}: its model {what}. Prepare the data "
+                         "with the model's tokenizer (prepare_shakespeare.py --tokenizer, --vocab_size), or train "
+                         "from scratch")
     known = set(pretrained.vocab)
     added = sorted(ch for ch in set(data_vocab) if ch not in known)
+    vocab = pretrained.vocab + added if added else pretrained.vocab
     if pretrained.weights is None:  # resuming: the vocabulary grew when the run started; check_resumable refuses more
-        return pretrained.vocab + added, pretrained.started_from
+        return vocab, pretrained.started_from
     if added and freeze_layers:
         raise UsageError(f"'freeze_layers' keeps the token embedding fixed, but the data has characters the model "
                          f"in {pretrained.started_from['path']} never saw ({' '.join(repr(c) for c in added)}), "
                          "whose new rows could then never learn: set --freeze_layers=0, or fine-tune on text without "
                          "them")
-    return pretrained.vocab + added, pretrained.started_from | {"added_characters": added}
+    return vocab, pretrained.started_from | {"added_characters": added}
 
 
 @torch.no_grad()

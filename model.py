@@ -20,7 +20,7 @@ import torch.nn.functional as F
 @dataclass
 class ModelConfig:
     """The model's settings, declared here once: train.py's TrainConfig takes them as its own keys."""
-    block_size: int = 256  # context length in characters
+    block_size: int = 256  # context length in tokens
     n_layer: int = 6  # transformer blocks
     n_head: int = 6  # attention heads per block
     n_embd: int = 384  # width of the residual stream

@@ -5,7 +5,9 @@
     python plot.py out/cpu --x=tokens_seen --output=figs/cpu.png
 
 Each run is drawn in its own colour: the val loss as a solid line, the train loss dashed, and a marker at the best
-val loss. The legend gives each run's name (its folder relative to out/) and best val loss.
+val loss. The legend gives each run's name (its folder relative to out/) and best val loss. Runs whose tokenizers
+differ (characters, BPE of some size) are drawn in val bits per character instead: a loss per token of one tokenizer
+is not one of another's.
 compare.py and tune.py draw their plots with plot_runs().
 """
 
@@ -16,6 +18,7 @@ from typing import Literal
 
 from configurator import UsageError, build_config, parse_args, run_command
 from files import ensure_dir, write_atomic
+from checkpoint import tokenizer_of
 from runlog import best_eval, find_runs, read_metrics
 
 # --x choice (a metrics.jsonl key) -> axis label
@@ -78,25 +81,31 @@ def plot_runs(run_dirs, output, x: str = "iter_num", out_root: Path = Path("out"
     run_dirs = [Path(d) for d in run_dirs]
     if not run_dirs:
         raise UsageError("no runs to plot: give at least one run folder")
-    all_metrics = [read_metrics(d, required=LOSS_KEYS + (x,)) for d in run_dirs]
+    tokenizers = {d: tokenizer_of(d) for d in run_dirs}
+    by_character = len(set(tokenizers.values()) - {None}) > 1
+    y = "val_bpc" if by_character else "val_loss"  # bpc: the train loss, per token, is left out
+    all_metrics = [read_metrics(d, required=LOSS_KEYS + (x, y)) for d in run_dirs]
     names = run_names(run_dirs, out_root)
 
     fig = Figure(figsize=(9, 5.5), layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    for name, metrics, color in zip(names, all_metrics, run_colors(len(run_dirs))):
+    for run_dir, name, metrics, color in zip(run_dirs, names, all_metrics, run_colors(len(run_dirs))):
         xs = [m[x] for m in metrics]
         best = best_eval(metrics)
-        label = f"{name} (best {best['val_loss']:.3f})" if best else f"{name} (no finite val loss)"
-        ax.plot(xs, [m["val_loss"] for m in metrics], linestyle="-", color=color, label=label)
+        label = f"{name} (best {best[y]:.3f})" if best else f"{name} (no finite val loss)"
+        if by_character:
+            label = f"{label[:-1]}; {tokenizers[run_dir]})" if best else label
+        ax.plot(xs, [m[y] for m in metrics], linestyle="-", color=color, label=label)
         # Labels that start with "_" stay out of the legend: one entry per run, the y label explains the dashes.
-        ax.plot(xs, [m["train_loss"] for m in metrics], linestyle="--", color=color, alpha=0.7,
-                label=f"_train {name}")
+        if not by_character:
+            ax.plot(xs, [m["train_loss"] for m in metrics], linestyle="--", color=color, alpha=0.7,
+                    label=f"_train {name}")
         if best:
-            ax.plot([best[x]], [best["val_loss"]], linestyle="None", marker="o", markersize=7, color=color,
+            ax.plot([best[x]], [best[y]], linestyle="None", marker="o", markersize=7, color=color,
                     markeredgecolor="black", label=f"_best {name}")
 
-    losses = [m[key] for metrics in all_metrics for m in metrics for key in ("val_loss", "train_loss")]
+    losses = [m[key] for metrics in all_metrics for m in metrics for key in ((y,) if by_character else LOSS_KEYS[1:])]
     if needs_log_scale(losses):
         # The first evaluation (~4.2, an untrained model) sits far above the rest (~1.5): on a linear axis it
         # squeezes the end of training, where runs differ, into a sliver. A log axis gives equal ratios equal room.
@@ -108,8 +117,9 @@ def plot_runs(run_dirs, output, x: str = "iter_num", out_root: Path = Path("out"
     if x == "tokens_seen":
         ax.xaxis.set_major_formatter(EngFormatter())
     ax.set_xlabel(X_AXES[x])
-    ax.set_ylabel("loss (solid: val, dashed: train)")
-    ax.set_title("validation loss" + (" (log scale)" if ax.get_yscale() == "log" else ""))
+    ax.set_ylabel("val bits per character" if by_character else "loss (solid: val, dashed: train)")
+    title = "validation bits per character (the runs' tokenizers differ)" if by_character else "validation loss"
+    ax.set_title(title + (" (log scale)" if ax.get_yscale() == "log" else ""))
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize="small")
 
@@ -122,12 +132,14 @@ def plot_runs(run_dirs, output, x: str = "iter_num", out_root: Path = Path("out"
 # The table
 
 def summary_table(names: list[str], all_metrics: list[list[dict]]) -> str:
-    """Plain-text table: run, best val loss, the iteration it was reached at, final val loss, number of evals."""
-    header = ("run", "best val loss", "at iter", "final val loss", "evals")
+    """Plain-text table: run, best val loss, its bits per character, the iteration it was reached at, final val loss,
+    number of evals."""
+    header = ("run", "best val loss", "bits/char", "at iter", "final val loss", "evals")
     rows = []
     for name, metrics in zip(names, all_metrics):
         best = best_eval(metrics)
-        rows.append((name, f"{best['val_loss']:.4f}" if best else "-", str(best["iter_num"]) if best else "-",
+        bpc = f"{best['val_bpc']:.4f}" if best and "val_bpc" in best else "-"
+        rows.append((name, f"{best['val_loss']:.4f}" if best else "-", bpc, str(best["iter_num"]) if best else "-",
                      f"{metrics[-1]['val_loss']:.4f}", str(len(metrics))))
     widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths)))
@@ -148,6 +160,9 @@ def plot(argv: list[str]):
     out_root = Path("out")
     run_dirs = [Path(a) for a in run_args] if run_args else find_runs(out_root)
     fig = plot_runs(run_dirs, cfg.output, x=cfg.x, out_root=out_root)
+    tokenizers = sorted({tokenizer_of(d) for d in run_dirs} - {None})
+    if len(tokenizers) > 1:
+        print(f"the runs' tokenizers differ ({', '.join(tokenizers)}): plotted in val bits per character")
     all_metrics = [read_metrics(d) for d in run_dirs]
     print(summary_table(run_names(run_dirs, out_root), all_metrics))
     print(f"wrote {cfg.output}")

@@ -4,10 +4,13 @@ r"""Prepare a character-level dataset: Tiny Shakespeare by default, or any UTF-8
     python prepare_shakespeare.py --input=my_text.txt --data_dir=data/my_text
     python prepare_shakespeare.py --input=data/shakespeare_char/input.txt --keep_speakers=ROMEO,JULIET \
         --data_dir=data/romeo_juliet          # only the lovers' speeches (drop_speakers: all the others')
+    python prepare_shakespeare.py --tokenizer=bpe --vocab_size=1024 --data_dir=data/shakespeare_bpe1024
 
 Writes train.bin, val.bin (the first 90% and the last 10% of the text, as uint16 character ids, or uint32 past 65,536
 distinct characters) and meta.json (the vocabulary, and each split's size and checksums) into data_dir; data.py
-describes the files. The text is read in chunks, so a text of several GB needs little memory. If the Shakespeare text is
+describes the files. With --tokenizer=bpe the ids are subword tokens of a byte-level BPE trained on the train split
+alone (bpe.py; needs the tokenizers package), saved beside them as tokenizer.json; val is the same last 10% of the
+characters. The text is read in chunks, so a text of several GB needs little memory. If the Shakespeare text is
 missing it is downloaded from the char-rnn repository and its sha256 checked.
 
 keep_speakers and drop_speakers cut a play-formatted text (speeches apart by a blank line, each opening with its
@@ -22,9 +25,11 @@ import hashlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from tqdm import tqdm
 
+import bpe
 from configurator import UsageError, build_config, parse_args, refuse_positional, run_command, suggest
 from data import write_dataset
 from files import ensure_dir, waiting_lock, write_atomic
@@ -41,9 +46,11 @@ class PrepareConfig:
     input: str = ""  # a UTF-8 text file to train on; empty: Tiny Shakespeare, data_dir/input.txt
     data_dir: str = "data/shakespeare_char"  # where train.bin, val.bin and meta.json go
     val_fraction: float = 0.1  # share of the text, at its end, kept for validation
-    url: str = ""  # where to download a missing data_dir/input.txt; empty: char-rnn's Tiny Shakespeare
+    url: str = ""  # where to download a missing data_dir/input.txt; empty: the shipped copy, else char-rnn's
     keep_speakers: str = ""  # comma-separated speakers (e.g. ROMEO,JULIET): keep only their speeches
     drop_speakers: str = ""  # comma-separated speakers: keep every speech but theirs
+    tokenizer: Literal["char", "bpe"] = "char"  # char: a token per character; bpe: subword tokens (byte-level BPE)
+    vocab_size: int = 1024  # bpe only: tokens in the vocabulary, 256 (the bytes alone) to 65,536
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -157,10 +164,22 @@ def prepare(argv=None) -> dict:
     """The command line: prepare what its options say, and report what was written."""
     positional, options = parse_args(argv)
     refuse_positional(positional)
-    cfg = build_config(PrepareConfig, None, options)
+    given = set()
+    cfg = build_config(PrepareConfig, None, options, given=given)
+    if "vocab_size" in given and cfg.tokenizer == "char":
+        raise UsageError("'vocab_size' sets the size of a BPE vocabulary (a character vocabulary is the text's "
+                         "characters): add --tokenizer=bpe, or leave vocab_size out")
+    if cfg.tokenizer == "bpe":  # before the text is read
+        bpe.check_vocab_size(cfg.vocab_size)
+        bpe.library()
     meta = prepare_text(cfg)
-    print(f"{meta['source']}: {meta['train_tokens'] + meta['val_tokens']:,} characters, vocabulary of "
-          f"{meta['vocab_size']}")
+    if cfg.tokenizer == "bpe":
+        chars, tokens = meta["train_chars"] + meta["val_chars"], meta["train_tokens"] + meta["val_tokens"]
+        print(f"{meta['source']}: {chars:,} characters in {tokens:,} BPE tokens ({chars / tokens:.2f} characters "
+              f"a token), vocabulary of {meta['vocab_size']}")
+    else:
+        print(f"{meta['source']}: {meta['train_tokens'] + meta['val_tokens']:,} characters, vocabulary of "
+              f"{meta['vocab_size']}")
     print(f"wrote {meta['train_tokens']:,} train and {meta['val_tokens']:,} val tokens to {Path(cfg.data_dir)}/")
     return meta
 
@@ -172,6 +191,8 @@ def prepare_text(cfg: PrepareConfig) -> dict:
         raise UsageError(f"'val_fraction' must be between 0 and 1, got {cfg.val_fraction}")
     data_dir = ensure_dir(cfg.data_dir, key="data_dir")
     source = Path(cfg.input) if cfg.input else data_dir / "input.txt"
+    if not cfg.input and not cfg.url and not source.exists() and (SHAKESPEARE_DIR / "input.txt").is_file():
+        source = SHAKESPEARE_DIR / "input.txt"  # the shipped copy, for another data_dir (e.g. its BPE tokens)
     if not cfg.input and not source.exists():
         url = cfg.url or SHAKESPEARE_URL
         print(f"{source} is missing: downloading Tiny Shakespeare from {url}")
@@ -190,11 +211,12 @@ def prepare_text(cfg: PrepareConfig) -> dict:
         source = data_dir / "selected.txt"
         write_atomic(source, text)
         size = source.stat().st_size
-    # two passes over the text, a chunk at a time: its vocabulary, then its ids
-    with tqdm(total=2 * size, unit="B", unit_scale=True, desc=f"encoding {source.name}",
+    passes = 4 if cfg.tokenizer == "bpe" else 2  # bpe: the characters, training, the train split, the val split
+    with tqdm(total=passes * size, unit="B", unit_scale=True, desc=f"encoding {source.name}",
               disable=size < 64 << 20) as bar:
         try:
-            meta = write_dataset(source, data_dir, cfg.val_fraction, source=origin, on_read=bar.update)
+            meta = write_dataset(source, data_dir, cfg.val_fraction, source=origin, on_read=bar.update,
+                                 vocab_size=cfg.vocab_size if cfg.tokenizer == "bpe" else 0)
         except UnicodeDecodeError as e:
             raise UsageError(f"input file '{source}' is not UTF-8 text (byte {e.start} is invalid): "
                              "convert it, e.g. with iconv -t utf-8") from None

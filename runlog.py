@@ -23,9 +23,10 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+import bpe
 from configurator import REPO_ROOT, UsageError
 from devices import device_name
-from evaluate import accuracies
+from evaluate import accuracies, bits_per_character
 from files import read_json, write_atomic, write_json
 from trackers import TRACKER_DIRS
 
@@ -133,13 +134,16 @@ def git_commit() -> str | None:
 
 
 def log_evaluation(out_dir: Path, state, evaluation: dict, lr: float, improved: bool, trackers=(),
-                   sample: str | None = None) -> dict:
+                   sample: str | None = None, vocab: list[str] | None = None) -> dict:
     """Add one line to metrics.jsonl for the evaluation at state.iter_num (a RunState; evaluation: train.py's
-    estimate_loss; sample: the text the model wrote then, if any), print it, pass it to the trackers, and return it."""
+    estimate_loss; sample: the text the model wrote then, if any; vocab: the model's, which says how many characters
+    each token holds: one, without it), print it, pass it to the trackers, and return it."""
     val_loss, train_loss = evaluation["val_loss"], evaluation["train_loss"]
     val_acc, val_top5 = accuracies(evaluation["val_counts"])
+    token_chars = bpe.token_chars(vocab) if vocab is not None else [1] * evaluation["val_counts"].size(1)
+    val_bpc = bits_per_character(val_loss, evaluation["val_counts"], token_chars)
     record = {"iter_num": state.iter_num, "train_loss": round(train_loss, 6), "val_loss": round(val_loss, 6),
-              "val_ppl": perplexity(val_loss), "val_bpc": round(val_loss / math.log(2), 6),
+              "val_ppl": perplexity(val_loss), "val_bpc": round(val_bpc, 6),
               "val_acc": round(val_acc, 6), "val_top5": round(val_top5, 6),
               "lr": lr, "elapsed_s": round(state.elapsed_s, 3), "eval_s": round(state.eval_s, 3),
               "tokens_seen": state.tokens_seen,
@@ -149,8 +153,8 @@ def log_evaluation(out_dir: Path, state, evaluation: dict, lr: float, improved: 
     path = out_dir / "metrics.jsonl"
     logged = path.read_text(encoding="utf-8") if path.is_file() else ""
     write_atomic(path, logged + json.dumps(record) + "\n")  # the whole file anew: never a line cut short
-    tqdm.write(f"iter {state.iter_num}: train loss {train_loss:.4f}, val loss {val_loss:.4f}, "
-               f"val accuracy {val_acc:.1%}{' (best)' if improved else ''}")
+    tqdm.write(f"iter {state.iter_num}: train loss {train_loss:.4f}, val loss {val_loss:.4f} ({val_bpc:.3f} bits a "
+               f"character), val accuracy {val_acc:.1%}{' (best)' if improved else ''}")
     for tracker in trackers:
         tracker.log(record)
     return record
@@ -205,6 +209,7 @@ def finish(out_dir: Path, status: str, classification: dict, params: int, max_it
         "best_val_loss": best["val_loss"],
         "best_iter": best["iter_num"],
         "best_val_ppl": best["val_ppl"],
+        "best_val_bpc": best.get("val_bpc"),  # bits per character: the figure runs of any tokenizer share
         "final": {k: final[k] for k in ("iter_num", "train_loss", "val_loss", "val_ppl", "val_bpc", "val_acc",
                                         "val_top5")} | {k: round(v, 6) for k, v in classification.items()},
         "val_loss_tokens": final.get("val_loss_tokens"),  # the val tokens each val loss is over

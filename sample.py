@@ -4,7 +4,8 @@
     python sample.py --out_dir=out/cpu --start="ROMEO:" --num_samples=2 --max_new_tokens=300
     python sample.py --start=FILE:prompt.txt --temperature=0.5
 
-Loads out_dir/best.pt (else ckpt.pt). The checkpoint carries the vocabulary, so nothing else is needed.
+Loads out_dir/best.pt (else ckpt.pt). The checkpoint carries the vocabulary (a BPE run's with its tokenizer, whose
+prompt then needs the tokenizers package), so nothing else is needed.
 """
 
 from dataclasses import dataclass
@@ -13,6 +14,7 @@ from typing import Literal
 
 import torch
 
+import bpe
 from checkpoint import load_model
 from configurator import UsageError, build_config, parse_args, refuse_positional, run_command
 from data import decode, encode
@@ -25,9 +27,9 @@ class SampleConfig:
     out_dir: str = ""  # the run to sample from; empty: the most recently updated run under out/
     start: str = "\n"  # the prompt, or FILE:path to read it from a file
     num_samples: int = 3  # how many samples to print
-    max_new_tokens: int = 500  # characters generated per sample
+    max_new_tokens: int = 500  # tokens generated per sample: characters, or BPE tokens
     temperature: float = 0.8  # > 0; below 1 is more predictable, above 1 more surprising
-    top_k: int = 0  # sample only among the k likeliest characters; 0 = all of them, 1 = always the likeliest
+    top_k: int = 0  # sample only among the k likeliest tokens; 0 = all of them, 1 = always the likeliest
     seed: int = 1337  # the same seed, prompt and checkpoint give the same text
     device: str = "auto"  # auto (cuda, else mps, else cpu), cpu, cuda, cuda:N or mps
     cache: Literal["exact", "approximate", "none"] = "exact"  # approximate: faster past block_size but inexact
@@ -113,12 +115,13 @@ def evaluation_sample(model: GPT, vocab: list[str], max_new_tokens: int, seed: i
     exact."""
     if max_new_tokens == 0 or not sample_due(iter_num, eval_interval, ending):
         return None
-    prompt = EVAL_SAMPLE_PROMPT if EVAL_SAMPLE_PROMPT in vocab else vocab[0]
+    subwords = isinstance(vocab, bpe.Vocabulary)  # any text encodes; max_new_tokens tokens hold as many characters
+    prompt = EVAL_SAMPLE_PROMPT if subwords or EVAL_SAMPLE_PROMPT in vocab else vocab[0]
     training, device = model.training, next(model.parameters()).device
     model.eval()
     text, = generate_texts(model, vocab, prompt, 1, max_new_tokens, SampleConfig.temperature, 0, seed, device)
     model.train(training)
-    return text
+    return text[:len(prompt) + max_new_tokens]
 
 
 def sample(argv=None) -> list[str]:
@@ -134,7 +137,7 @@ def sample(argv=None) -> list[str]:
         print(f"sampling from {out_dir} (the most recently updated run; choose another with --out_dir)")
     model, vocab, info = load_model(out_dir, device)
     if cfg.top_k > len(vocab):
-        raise UsageError(f"'top_k' is {cfg.top_k}, more than the model's {len(vocab)} characters: use at most "
+        raise UsageError(f"'top_k' is {cfg.top_k}, more than the model's {len(vocab)} tokens: use at most "
                          f"{len(vocab)}, or 0 for all of them")
     prompt = read_prompt(cfg.start)
     encode(prompt, vocab)  # refuse unknown characters before printing anything

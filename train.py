@@ -98,7 +98,7 @@ class TrainConfig(ModelConfig):
     grad_clip: float = 1.0  # clip the gradient norm to this; 0 = no clipping
     l1: float = 0.0  # L1 penalty coefficient on the weight matrices, added to the training loss; 0 = off
     ema: float = 0.0  # decay of an exponential moving average of the weights, evaluated and saved instead; 0 = off
-    label_smoothing: float = 0.0  # share of each target's probability spread over all characters in training; 0 = off
+    label_smoothing: float = 0.0  # share of each target's probability spread over all tokens in training; 0 = off
     # learning-rate schedule: linear warmup, then a decay to min_lr
     lr_schedule: Literal["cosine", "linear", "constant", "wsd"] = "cosine"  # the decay's shape; wsd: flat, then linear
     warmup_iters: int = 100  # steps of linear warmup from 0 to learning_rate
@@ -386,7 +386,7 @@ def run(argv=None) -> dict | None:
                 if ranks.master:
                     text = evaluation_sample(eval_model, model_vocab, cfg.eval_sample_chars, cfg.seed, state.iter_num,
                                              cfg.eval_interval, ending)  # at evaluations 0, 1, 2, 4, 8.. and the last
-                    runlog.log_evaluation(out_dir, state, evaluation, lr, improved, track, text)
+                    runlog.log_evaluation(out_dir, state, evaluation, lr, improved, track, text, model_vocab)
                     if keep and improved:
                         save(out_dir / "best.pt", about, state, eval_model)
                     if keep and (improved or cfg.always_save_checkpoint):

@@ -39,8 +39,8 @@ from train import TrainConfig
 
 TRAIN_SCRIPT = REPO_ROOT / "train.py"
 TRAIN_INTERRUPTED = 130  # train.py's exit status after Ctrl-C or SIGTERM (it saved ckpt.pt first)
-LEADERBOARD_COLUMNS = ["best_val_loss", "best_iter", "final_val_loss", "val_acc", "params", "elapsed_s", "status",
-                       "error"]
+LEADERBOARD_COLUMNS = ["best_val_loss", "best_val_bpc", "best_iter", "final_val_loss", "val_acc", "params",
+                       "elapsed_s", "status", "error"]
 # Settings tune.py decides itself for every trial, so a user may not set them.
 RESERVED_KEYS = {"out_dir": "tune.py gives each trial its own out_dir under out/tune-<name>/: use --name to name "
                             "the search"}
@@ -278,7 +278,7 @@ def leaderboard_rows(results: list[dict], grid_keys: list[str]) -> list[dict]:
     """One row per trial: finished ones best first by best val loss and ranked, then the rest (failed last)."""
     finished = [r for r in results if r["summary"] is not None]
     unfinished = [r for r in results if r["summary"] is None]
-    finished.sort(key=lambda r: (r["summary"].get("best_val_loss") is None, r["summary"].get("best_val_loss") or 0))
+    finished.sort(key=lambda r: (ranking_loss(r["summary"]) is None, ranking_loss(r["summary"]) or 0))
     unfinished.sort(key=lambda r: UNFINISHED_ORDER.get(r["status"], 1))  # a stable sort keeps the grid order
     rows = []
     for position, result in enumerate(finished + unfinished, start=1):
@@ -289,6 +289,7 @@ def leaderboard_rows(results: list[dict], grid_keys: list[str]) -> list[dict]:
             "trial": result["trial"],
             **{key: result["settings"][key] for key in grid_keys},
             "best_val_loss": summary.get("best_val_loss"),
+            "best_val_bpc": summary.get("best_val_bpc"),
             "best_iter": summary.get("best_iter"),
             "final_val_loss": final.get("val_loss"),
             "val_acc": final.get("val_acc"),
@@ -298,6 +299,13 @@ def leaderboard_rows(results: list[dict], grid_keys: list[str]) -> list[dict]:
             "error": result["error"],
         })
     return rows
+
+
+def ranking_loss(summary: dict) -> float | None:
+    """What ranks a trial: its best val bits per character, which trials of any tokenizer share (within one
+    tokenizer, the order of the val losses); the val loss of a run that predates it."""
+    bpc = summary.get("best_val_bpc")
+    return bpc if bpc is not None else summary.get("best_val_loss")
 
 
 def leaderboard_csv(rows: list[dict], grid_keys: list[str]) -> str:
@@ -312,11 +320,13 @@ def leaderboard_csv(rows: list[dict], grid_keys: list[str]) -> str:
 
 def leaderboard_markdown(rows: list[dict], grid_keys: list[str]) -> str:
     headers = {"rank": "rank", "trial": "trial", **{key: key for key in grid_keys}, "best_val_loss": "best val loss",
-               "best_iter": "best iter", "final_val_loss": "final val loss", "val_acc": "val accuracy",
-               "params": "params", "elapsed_s": "training s", "status": "status", "error": "error"}
+               "best_val_bpc": "bits/char", "best_iter": "best iter", "final_val_loss": "final val loss",
+               "val_acc": "val accuracy", "params": "params", "elapsed_s": "training s", "status": "status",
+               "error": "error"}
     if not any(row["error"] for row in rows):
         del headers["error"]
-    formats = {"best_val_loss": ".4f", "final_val_loss": ".4f", "val_acc": ".1%", "params": ",", "elapsed_s": ".1f"}
+    formats = {"best_val_loss": ".4f", "best_val_bpc": ".4f", "final_val_loss": ".4f", "val_acc": ".1%", "params": ",",
+               "elapsed_s": ".1f"}
     cells = [[fmt(row[key], formats[key], "") if key in formats else
               "" if row[key] is None else value_text(row[key]) for key in headers] for row in rows]
     return markdown_table(list(headers.values()), cells) + "\n"

@@ -72,6 +72,15 @@ def tiny_data(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_bpe_data(tmp_path_factory, tiny_data) -> Path:
+    """The same 20,000 characters as BPE tokens: a byte-level BPE of 300 tokens (the 256 bytes and 44 merges)."""
+    root = tmp_path_factory.mktemp("tiny_bpe_data")
+    prepare_shakespeare.main([f"--input={tiny_data / 'tiny.txt'}", f"--data_dir={root}", "--tokenizer=bpe",
+                              "--vocab_size=300"])
+    return root
+
+
+@pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory, tiny_data) -> Path:
     out_dir = tmp_path_factory.mktemp("runs") / "tiny"
     train.main(tiny_train_args(tiny_data, out_dir))

@@ -396,6 +396,47 @@ def _(ctx):
     ctx.train(data_dir=ctx.tmp / "new", init_from=ctx.run, freeze_layers=1)
 
 
+def bpe_data(ctx):
+    """The tiny text as BPE tokens, in ctx.tmp/bpe."""
+    prepare_shakespeare.main([f"--input={ctx.data / 'tiny.txt'}", f"--data_dir={ctx.tmp / 'bpe'}", "--tokenizer=bpe",
+                              "--vocab_size=300"])
+    return ctx.tmp / "bpe"
+
+
+@scenario("Fine-tuning a model on data of another tokenizer")
+def _(ctx):
+    ctx.train(data_dir=bpe_data(ctx), init_from=ctx.run)
+
+
+@scenario("A BPE dataset without its tokenizer")
+def _(ctx):
+    data_dir = bpe_data(ctx)
+    (data_dir / "tokenizer.json").unlink()
+    ctx.train(data_dir=data_dir)
+
+
+@scenario("A vocabulary size for character tokens")
+def _(ctx):
+    prepare_shakespeare.main([f"--input={ctx.data / 'tiny.txt'}", f"--data_dir={ctx.tmp / 'd'}", "--vocab_size=512"])
+
+
+@scenario("A BPE vocabulary smaller than the bytes")
+def _(ctx):
+    prepare_shakespeare.main([f"--input={ctx.data / 'tiny.txt'}", f"--data_dir={ctx.tmp / 'd'}", "--tokenizer=bpe",
+                              "--vocab_size=100"])
+
+
+@scenario("BPE tokens without the tokenizers package")
+def _(ctx):
+    ctx.monkeypatch.setitem(sys.modules, "tokenizers", None)  # as where it is not installed
+    prepare_shakespeare.main([f"--input={ctx.data / 'tiny.txt'}", f"--data_dir={ctx.tmp / 'd'}", "--tokenizer=bpe"])
+
+
+@scenario("Explaining a model on data of another tokenizer")
+def _(ctx):
+    explain.main([f"--out_dir={ctx.run}", f"--data_dir={bpe_data(ctx)}"])
+
+
 @scenario("Resume with other frozen layers")
 def _(ctx):
     ctx.resume(freeze_layers=1)

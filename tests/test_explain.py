@@ -1,18 +1,23 @@
 """explain.py: the numbers behind each picture equal what the model computes (attention weights times values give
 the attention output; the next character's probabilities are softmax(logits / T); the context curve averages to the
-val loss; the lens of the last layer is the model), for several architecture options and a nanoGPT checkpoint; the
-report and its pictures are written; each bad input is one line, with nothing written."""
+val loss; the lens of the last layer is the model), for several architecture options, a nanoGPT checkpoint and a BPE
+run (whose report shows each token's text and says "token"); the report and its pictures are written; each bad input
+is one line, with nothing written."""
 
+import importlib.util
 import json
 import math
 
 import pytest
 import torch
 
+import bpe
 import explain
+import prepare_shakespeare
+import train
 from checkpoint import load_model
-from conftest import evaluate_on
-from data import load_data
+from conftest import SHAKESPEARE, evaluate_on, tiny_train_args
+from data import decode, encode, load_data
 from model import GPT, GPTConfig
 from runlog import read_metrics
 from test_nanogpt_compat import nanogpt_model_for, write_nanogpt_run
@@ -149,3 +154,99 @@ def test_head_stats_name_a_previous_character_head():
     (head,) = explain.head_stats(previous, "abcdef")
     assert head["previous"] == 1 and head["mean_distance"] == 1 and head["entropy"] == 0
     assert explain.role(head) == "previous character" and math.isclose(head["same"], 0)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# A BPE run: subword tokens, shown as their text
+
+needs_tokenizers = pytest.mark.skipif(importlib.util.find_spec("tokenizers") is None,
+                                      reason="BPE tokens need the tokenizers package (requirements-extras.txt)")
+
+
+@pytest.fixture(scope="module")
+def bpe_run(tmp_path_factory):
+    """(data_dir, out_dir) of a tiny run on the first 20,000 characters of Tiny Shakespeare as 300 BPE tokens."""
+    root = tmp_path_factory.mktemp("bpe")
+    text_file = root / "tiny.txt"
+    text_file.write_text(SHAKESPEARE.read_text(encoding="utf-8")[:20_000], encoding="utf-8")
+    prepare_shakespeare.main([f"--input={text_file}", f"--data_dir={root / 'data'}", "--tokenizer=bpe",
+                              "--vocab_size=300"])
+    train.main(tiny_train_args(root / "data", root / "run", max_iters=10, eval_interval=10, warmup_iters=2))
+    return root / "data", root / "run"
+
+
+def test_a_bpe_tokens_text_is_shown_decoded_with_its_whitespace_visible():
+    vocab = bpe.Vocabulary(["a", "Ġthe", "ĊĊ", "ĠĠ", "$"], tokenizer="{}")  # decoding needs no tokenizer
+    assert explain.token_texts(vocab) == ["a", " the", "\n\n", "  ", "$"]
+    assert [explain.shown(t) for t in explain.token_texts(vocab)] == ["a", "␣the", "\\n\\n", "␣␣", "$"]
+    assert explain.label("$") == "\\$"  # matplotlib draws it as "$", never as the start of mathematics
+    assert explain.noun(vocab) == "token" and explain.noun(["a", "b"]) == "character"
+    assert explain.token_texts(["\n", " ", "a"]) == ["\n", " ", "a"]  # a character run's: its characters
+
+
+def test_a_line_starts_after_the_last_token_that_holds_a_newline():
+    starts = torch.zeros(1, 5, 5)
+    starts[0, :3, 0] = 1  # the first line's positions look at its first token
+    starts[0, 3:, 2] = 1  # the second line's at the token ":\n" that began it
+    (head,) = explain.head_stats(starts, ["RO", "MEO", ":\n", "What", " light"])
+    assert head["line_start"] == 1 and explain.role(head, "token") == "start of the line"
+    assert explain.role({"previous": 0.9, "same": 0, "line_start": 0}, "token") == "previous token"
+
+
+@needs_tokenizers
+def test_a_bpe_run_is_explained_in_tokens_shown_as_their_text(bpe_run, tmp_path):
+    data_dir, run_dir = bpe_run
+    out, prompt = tmp_path / "explained", "ROMEO:\nWhat ✓"  # any text encodes: no unknown characters
+    numbers = explain.main([f"--out_dir={run_dir}", f"--start={prompt}", f"--output={out}", "--eval_tokens=0"])
+    report = (out / "explain.md").read_text(encoding="utf-8")
+    saved = json.loads((out / "explain.json").read_text(encoding="utf-8"))
+    for picture in saved["pictures"].values():
+        assert (out / picture).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"]({picture})" in report
+    model, vocab, _ = load_model(run_dir, "cpu")
+    ids = encode(prompt, vocab)
+    assert isinstance(vocab, bpe.Vocabulary) and len(ids) <= 16  # ✓ is 3 byte tokens, shown as U+FFFD each
+    assert f"The prompt: {len(ids)} tokens ({len(prompt)} characters)" in report and saved["prompt"] == prompt
+    assert saved["prompt_tokens"] == [bpe.decode([i], vocab) for i in ids]
+    assert any(len(text) > 1 for text in saved["prompt_tokens"])  # subwords: "hat" in "What"
+    logits = model(torch.tensor([ids]))[0][0, -1].detach()
+    order = logits.argsort(descending=True)[:explain.SHOWN_CHARACTERS].tolist()
+    nxt = saved["next_char"]
+    assert nxt["characters"] == [bpe.decode([i], vocab) for i in order]  # the text, not GPT-2's byte alphabet
+    for temperature in explain.TEMPERATURES:
+        probs = (logits / temperature).softmax(-1)
+        assert nxt["temperatures"][str(temperature)]["probabilities"] == pytest.approx(probs[order].tolist(), abs=1e-6)
+    header = report.split("## 2. The next token")[1].split("| temperature |")[1].split("\n")[0]
+    assert header.endswith(" | ".join(f"`{explain.shown(c)}`" for c in nxt["characters"][:6]) + " |")
+    assert not {"Ġ", "Ċ"} & set(report.split("## 7.")[0]) and "character" not in header
+    for heading in ("## 5. Tokens", "| token | count | precision | recall | F1 |", "Positions are token positions",
+                    "Only the ", "with 1 token of context", "reads the previous token"):
+        assert heading in report
+    assert saved["characters_per_token"] > 1 and all("Ġ" not in row["character"] for row in saved["characters"])
+    val_ids = load_data(data_dir, "cpu", 16)[2]
+    assert saved["layer_loss"][-1] == pytest.approx(evaluate_on(model, val_ids, 16, max_tokens=0)["val_loss"],
+                                                    rel=1e-5)  # the last lens is the model itself
+    traced = explain.trace(model, torch.tensor([ids]))
+    for weights in traced["attention"]:  # (1, nh, T, T)
+        assert torch.all(weights.triu(diagonal=1) == 0)
+        torch.testing.assert_close(weights.sum(-1), torch.ones(weights.shape[:-1]))
+    assert numbers["characters_per_token"] == saved["characters_per_token"]
+
+
+@needs_tokenizers
+def test_a_bpe_prompt_longer_than_the_block_keeps_its_last_block_of_tokens(bpe_run, tmp_path):
+    _, run_dir = bpe_run
+    out, prompt = tmp_path / "long", "To be, or not to be: " * 5
+    numbers = explain.main([f"--out_dir={run_dir}", f"--start={prompt}", f"--output={out}", "--eval_tokens=64"])
+    _, vocab, _ = load_model(run_dir, "cpu")
+    ids = encode(prompt, vocab)
+    assert len(ids) > 16 and numbers["prompt"] == decode(ids[-16:], vocab) and len(numbers["prompt_tokens"]) == 16
+    assert f"its last 16 tokens (block_size) of {len(ids)}" in (out / "explain.md").read_text(encoding="utf-8")
+
+
+@needs_tokenizers
+def test_a_bpe_run_measured_on_character_data_is_one_line(bpe_run, tiny_data, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        explain.main([f"--out_dir={bpe_run[1]}", f"--data_dir={tiny_data}", f"--output={tmp_path / 'never'}"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "holds characters and the model reads BPE tokens" in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "never").exists()

@@ -85,9 +85,10 @@ def test_command_line_prints_the_table_and_writes_the_png(runs, tmp_path, capsys
     output = tmp_path / "out.png"
     fig = plot.main([str(runs[0]), str(runs[1]), f"--output={output}", "--x=tokens_seen"])
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].split() == ["run", "best", "val", "loss", "at", "iter", "final", "val", "loss", "evals"]
-    assert lines[1].split() == ["a", "1.5500", "200", "1.6000", "4"]
-    assert lines[2].split() == ["b", "1.7500", "300", "1.7500", "3"]
+    assert lines[0].split() == ["run", "best", "val", "loss", "bits/char", "at", "iter", "final", "val", "loss",
+                                "evals"]
+    assert lines[1].split() == ["a", "1.5500", "-", "200", "1.6000", "4"]  # these runs logged no bits per character
+    assert lines[2].split() == ["b", "1.7500", "-", "300", "1.7500", "3"]
     assert output.read_bytes().startswith(PNG_SIGNATURE)
     assert list(val_lines(fig.axes[0])[1].get_xdata()) == [0, 9600, 19200]
 
