@@ -20,7 +20,9 @@ import numpy as np
 from configurator import UsageError
 
 INSTALL = "pip install -r requirements-extras.txt"
-PIECE_CHARS = 1 << 20  # characters encoded at a time, cut after a newline: bounds the library's memory
+PIECE_CHARS = 1 << 18  # characters in one part of a batch encoded in parallel, cut after a newline
+BATCH_PARTS = 8  # parts encoded at a time: bounds the library's memory (it holds every token's details)
+TRAIN_CHARS = 1 << 24  # characters a tokenizer is trained on at most, spread over the train split
 
 
 class Vocabulary(list):
@@ -113,15 +115,35 @@ def encode_pieces(pieces, vocab: Vocabulary):
         text = held + (piece or "")
         cut = len(text) if piece is None else text.rfind("\n") + 1
         held, text = text[cut:], text[:cut]
-        parts, start = [], 0
-        while start < len(text):
-            end = text.find("\n", start + PIECE_CHARS)
-            end = len(text) if end == -1 else end + 1
-            parts.append(text[start:end])
-            start = end
-        if parts:
-            encoded = tokenizer.encode_batch_fast(parts, add_special_tokens=False)
+        parts = lines_parts(text, PIECE_CHARS)
+        for first in range(0, len(parts), BATCH_PARTS):
+            encoded = tokenizer.encode_batch_fast(parts[first:first + BATCH_PARTS], add_special_tokens=False)
             yield np.concatenate([np.asarray(e.ids, dtype=dtype) for e in encoded])
+
+
+def lines_parts(text: str, size: int) -> list[str]:
+    """text cut into parts of about size characters, each ending after a newline (the last one where text ends)."""
+    parts, start = [], 0
+    while start < len(text):
+        end = text.find("\n", start + size)
+        end = len(text) if end == -1 else end + 1
+        parts.append(text[start:end])
+        start = end
+    return parts
+
+
+def spread_sample(pieces, total_chars: int, budget: int = TRAIN_CHARS):
+    """About budget characters of a text of total_chars, given as str pieces: the same share of every piece (its
+    first lines), so that a tokenizer of a large text learns from all of it in a bounded time and memory. The whole
+    text where it is no longer than budget."""
+    share = min(budget / max(total_chars, 1), 1.0)
+    for piece in pieces:
+        if share == 1.0:
+            yield piece
+        else:
+            keep = int(len(piece) * share)
+            cut = piece.find("\n", keep)
+            yield piece[:len(piece) if cut == -1 else cut + 1]
 
 
 def save_fields(vocab: list[str]) -> dict:

@@ -14,6 +14,7 @@ never evaluated; they are converted by the field's declared type.
 import dataclasses
 import difflib
 import errno
+import gc
 import inspect
 import re
 import sys
@@ -292,3 +293,8 @@ def run_command(work, argv, doc: str, options_cls, more_help: str = ""):
             raise
         exit_with(UsageError(f"{e.filename or 'a file'}: {e.strerror}; {DISK_FIXES[e.errno]}, then run the same "
                              "command again"))
+    finally:
+        # What the work left in reference cycles goes now, while Python is whole. Under torchrun that is the
+        # DistributedDataParallel model, which holds the processes' connections: freed during Python's shutdown
+        # instead, gloo's threads can abort the process ("terminate called without an active exception").
+        gc.collect()

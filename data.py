@@ -161,7 +161,10 @@ def write_dataset(path: Path, data_dir: Path, val_fraction: float, source: str, 
                          f"{val_fraction}: each split needs at least 2 characters")
     data_dir = Path(data_dir)
     if vocab_size:
-        vocab = bpe.train(pieces_between(path, 0, n_train, chunk_bytes, on_read), vocab_size)
+        # trained on the train split, or on a sample spread over it past bpe.TRAIN_CHARS; read in small chunks, so
+        # that the sample takes a little of every part of the text
+        sample = bpe.spread_sample(pieces_between(path, 0, n_train, 1 << 20, on_read), n_train)
+        vocab = bpe.train(sample, vocab_size)
         train = write_ids(data_dir / "train.bin", bpe.encode_pieces(pieces_between(path, 0, n_train, chunk_bytes,
                                                                                    on_read), vocab))
         val = write_ids(data_dir / "val.bin", bpe.encode_pieces(pieces_between(path, n_train, n_chars, chunk_bytes,
