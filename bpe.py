@@ -146,6 +146,18 @@ def spread_sample(pieces, total_chars: int, budget: int = TRAIN_CHARS):
             yield piece[:len(piece) if cut == -1 else cut + 1]
 
 
+def tokenizer_mismatch(model_vocab: list[str], data_vocab: list[str]) -> str | None:
+    """None where the data's tokens are the model's (characters, or the same BPE); else how they differ. A BPE's token
+    ids mean nothing under another tokenizer, and a character vocabulary cannot take a BPE's tokens, nor the reverse."""
+    tokenizers = [getattr(v, "tokenizer", None) for v in (model_vocab, data_vocab)]
+    if tokenizers[0] == tokenizers[1]:
+        return None
+    kinds = ["characters" if t is None else "BPE tokens" for t in tokenizers]
+    if kinds[0] == kinds[1]:
+        return "the model and the data have different BPE tokenizers"
+    return f"the model reads {kinds[0]}, and the data is {kinds[1]}"
+
+
 def save_fields(vocab: list[str]) -> dict:
     """What a checkpoint or meta.json keeps of a vocabulary: the list, and a BPE's tokenizer (JSON) beside it."""
     return {"vocab": list(vocab), **({"tokenizer": vocab.tokenizer} if isinstance(vocab, Vocabulary) else {})}

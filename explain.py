@@ -500,12 +500,9 @@ def run_val_measures(model, vocab: list[str], settings: dict, data_dir: str = ""
     read it: its data_dir, eval_tokens and batch_size unless data_dir or eval_tokens (>= 0) say otherwise."""
     data_dir = data_dir or settings.get("data_dir", "data/shakespeare_char")
     data_vocab, _, val_ids, _ = load_data(data_dir, "cpu", model.config.block_size)
-    tokenizers = [getattr(v, "tokenizer", None) for v in (vocab, data_vocab)]
-    if tokenizers[0] != tokenizers[1]:  # a BPE's token ids mean nothing under another tokenizer
-        kinds = ["characters" if t is None else "BPE tokens" for t in tokenizers]
-        what = f"holds {kinds[1]} and the model reads {kinds[0]}" if kinds[0] != kinds[1] else \
-            "has another BPE tokenizer than the model's"
-        raise UsageError(f"{data_dir} {what}: give --data_dir the data it was trained on")
+    mismatch = bpe.tokenizer_mismatch(vocab, data_vocab)
+    if mismatch:
+        raise UsageError(f"{data_dir}: {mismatch}; give --data_dir the data it was trained on")
     unknown = sorted(set(data_vocab) - set(vocab))
     if unknown:
         raise UsageError(f"{data_dir} has characters the model never saw ({' '.join(map(repr, unknown[:10]))}): "

@@ -90,14 +90,10 @@ def model_vocab(pretrained: Pretrained | None, data_vocab: list[str],
     data must have the trained model's tokenizer."""
     if pretrained is None:
         return data_vocab, None
-    tokenizers = [getattr(v, "tokenizer", None) for v in (pretrained.vocab, data_vocab)]
-    if tokenizers[0] != tokenizers[1]:  # a BPE's tokens stand for merges of others: no token can be added alone
-        kinds = ["characters" if t is None else "BPE tokens" for t in tokenizers]
-        what = f"reads {kinds[0]}, and this data is {kinds[1]}" if kinds[0] != kinds[1] else \
-            "has another BPE tokenizer than this data's"
-        raise UsageError(f"cannot start from {pretrained.started_from['path']}: its model {what}. Prepare the data "
-                         "with the model's tokenizer (prepare_shakespeare.py --tokenizer, --vocab_size), or train "
-                         "from scratch")
+    mismatch = bpe.tokenizer_mismatch(pretrained.vocab, data_vocab)  # a BPE's tokens cannot be added one by one
+    if mismatch:
+        raise UsageError(f"cannot start from {pretrained.started_from['path']}: {mismatch}. Prepare the data with the "
+                         "model's tokenizer (prepare_shakespeare.py --tokenizer, --vocab_size), or train from scratch")
     known = set(pretrained.vocab)
     added = sorted(ch for ch in set(data_vocab) if ch not in known)
     vocab = pretrained.vocab + added if added else pretrained.vocab

@@ -162,9 +162,9 @@ def test_refusals_each_give_their_line(tiny_data, tiny_bpe_data, tiny_run, bpe_r
         prepare_shakespeare.main, [text, f"--data_dir={tmp_path / 'a'}", "--vocab_size=300"])
     assert "'vocab_size' must be from 256 (the bytes alone) to 65,536" in refused(
         prepare_shakespeare.main, [text, f"--data_dir={tmp_path / 'b'}", "--tokenizer=bpe", "--vocab_size=100"])
-    assert f"cannot start from {tiny_run}/best.pt: its model reads characters, and this data is BPE tokens" in \
+    assert f"cannot start from {tiny_run}/best.pt: the model reads characters, and the data is BPE tokens" in \
         refused(train.main, tiny_train_args(tiny_bpe_data, tmp_path / "c", init_from=tiny_run))
-    assert f"cannot start from {bpe_run}/best.pt: its model reads BPE tokens, and this data is characters" in \
+    assert f"cannot start from {bpe_run}/best.pt: the model reads BPE tokens, and the data is characters" in \
         refused(train.main, tiny_train_args(tiny_data, tmp_path / "d", init_from=bpe_run))
     broken = tmp_path / "broken"
     broken.mkdir()

@@ -248,5 +248,5 @@ def test_a_bpe_run_measured_on_character_data_is_one_line(bpe_run, tiny_data, tm
     with pytest.raises(SystemExit) as exc:
         explain.main([f"--out_dir={bpe_run[1]}", f"--data_dir={tiny_data}", f"--output={tmp_path / 'never'}"])
     err = capsys.readouterr().err
-    assert exc.value.code == 2 and "holds characters and the model reads BPE tokens" in err
+    assert exc.value.code == 2 and "the model reads BPE tokens, and the data is characters; give --data_dir" in err
     assert len(err.strip().splitlines()) == 1 and not (tmp_path / "never").exists()
