@@ -5,6 +5,7 @@
     python bench.py config/cpu.py config/nanogpt_cpu.py --target_loss=1.89 --repeats=3
     python bench.py config/speedrun.py --target_loss=1.4697 --seeds=1,2,3   # a GPU race, the mean over 3 seeds
     python bench.py config/baseline.py --sample --device=cpu  # 500 characters with each cache mode
+    python bench.py config/cpu.py config/cpu_2min.py --profile # where a step's time goes, and a run's start-up
 
 Every other --key=value is a train.py setting applied to every config given (python train.py --help lists them).
 
@@ -22,6 +23,14 @@ the evaluations and checkpoints (the run's elapsed_s less its eval_s), "step ms"
 and the last evaluation after step 0, and "compile s" what the steps before the first of those took beyond it.
 --seeds=1,2,3 runs each config once per seed and shows the mean; else the median of --repeats runs of one seed. The
 runs of all configs are interleaved (A, B, A, B, ...) so a slower or faster spell of the machine falls on all alike.
+
+--profile takes train_step apart, over `iters` steps after the warm-up (means, so that the phases add up to the
+step): drawing the batches (until the model's forward begins), the forward pass (hooks on the model), the backward
+pass (until the last weight's gradient is accumulated), unscaling and clipping, the optimizer's step and the rest
+(zero_grad, the grad scaler). "in PyTorch's operators" is the share of the same steps, run again under
+torch.profiler, spent inside ATen operators (their self time); the rest is Python and dispatch. "start-up s" is a
+one-step run's process time outside its training loop (imports, data, building the model, writing the run's files,
+exit), the median of `repeats` runs.
 
 MFU (model FLOPs utilization) counts 6 FLOPs per parameter per token plus 12 * n_layer * n_embd * block_size for
 attention (forward and backward), and divides by the GPU's dense peak for the row's arithmetic (bf16 or fp16; TF32
@@ -65,6 +74,7 @@ class BenchOptions:
     seeds: str = ""  # with target_loss: comma-separated seeds, one run of each config per seed (instead of repeats)
     compare: bool = False  # also measure each config with the fast path off (eager, float32, unfused AdamW)
     sample: bool = False  # time generation with each cache mode (exact, approximate, none) instead of training
+    profile: bool = False  # where a training step's time goes, phase by phase, and a run's start-up
     sample_tokens: int = 500  # characters generated per sampling measurement
     num_samples: int = 1  # samples generated together in --sample (sample.py's default is 3)
     peak_flops: float = 0.0  # the device's peak FLOP/s for MFU; 0 = a known GPU's peak for the dtype, else no MFU
@@ -97,10 +107,9 @@ def parse_command(argv: list[str]) -> tuple[BenchOptions, list[tuple[str, TrainC
             problems.append(f"'{key}' must be a positive integer, got {getattr(options, key)}")
     if options.warmup < 0:
         problems.append(f"'warmup' must be >= 0, got {options.warmup}")
-    if options.compare and (options.target_loss or options.sample):
-        problems.append("--compare times training steps: leave out --target_loss and --sample")
-    if options.target_loss and options.sample:
-        problems.append("--target_loss and --sample are two different benchmarks: run them one at a time")
+    chosen = [f"--{key}" for key in ("compare", "target_loss", "sample", "profile") if getattr(options, key)]
+    if len(chosen) > 1:
+        problems.append(f"{' and '.join(chosen)} are different benchmarks: run them one at a time")
     if options.seeds and not options.target_loss:
         problems.append("--seeds gives the seeds of --target_loss's runs: add --target_loss, or leave --seeds out")
     elif options.seeds and not re.fullmatch(r"\d+(,\d+)*", options.seeds):
@@ -216,6 +225,83 @@ def time_steps(cfg: TrainConfig, options: BenchOptions, train_data, vocab_size: 
     return setups
 
 
+PHASES = ("batch", "forward", "backward", "clip", "optimizer", "rest")
+
+
+def time_phases(cfg: TrainConfig, options: BenchOptions, train_data, vocab_size: int, device: str) -> dict:
+    """{phase: mean ms} of train.py's train_step (PHASES; the module docstring says where each ends), with "step"
+    and "in_ops" (the share of the steps inside ATen operators, by torch.profiler)."""
+    (model, optimizer, scaler, autocast), _ = build_trainer(cfg, vocab_size, device, fast=True)
+    batch_gen = torch.Generator(device=train_data.device).manual_seed(cfg.seed)
+    step = (model, optimizer, scaler, autocast, train_data, batch_gen, cfg, range(cfg.gradient_accumulation_steps))
+    marks = []  # (what, time) in the step being timed
+
+    def mark(what):
+        synchronize(device)
+        marks.append((what, time.perf_counter()))
+
+    def timed(method, before, after):
+        def call(*args, **kwargs):
+            mark(before)
+            result = method(*args, **kwargs)
+            mark(after)
+            return result
+        return call
+
+    model.register_forward_pre_hook(lambda *_: mark("forward"))
+    model.register_forward_hook(lambda *_: mark("forward_end"))
+    for p in model.parameters():
+        if p.requires_grad:
+            p.register_post_accumulate_grad_hook(lambda _: mark("gradient"))
+    optimizer.step = timed(optimizer.step, "optimizer", "optimizer_end")
+    for _ in range(options.warmup):
+        train_step(*step)
+    phases = {name: [] for name in ("step", *PHASES)}
+    for _ in range(options.iters):
+        marks.clear()
+        mark("start")
+        train_step(*step)
+        mark("end")
+        at = {}
+        for what, t in marks:
+            at.setdefault(what, t)  # each phase's first mark
+        forward = sum(t - start for (what, start), (_, t) in zip(marks, marks[1:]) if what == "forward")
+        last_gradient = max(t for what, t in marks if what == "gradient")
+        seconds = (at["end"] - at["start"], at["forward"] - at["start"], forward,
+                   last_gradient - at["forward"] - forward, at["optimizer"] - last_gradient,
+                   at["optimizer_end"] - at["optimizer"], at["end"] - at["optimizer_end"])
+        for name, s in zip(phases, seconds):
+            phases[name].append(s * 1000)
+    result = {name: statistics.mean(ms) for name, ms in phases.items()}  # means, which add up as the phases do
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        started = time.perf_counter()
+        for _ in range(options.iters):
+            train_step(*step)
+        synchronize(device)
+        wall_us = (time.perf_counter() - started) * 1e6
+    result["in_ops"] = sum(event.self_cpu_time_total for event in prof.key_averages()) / wall_us
+    return result
+
+
+def bench_profile(configs, options: BenchOptions, train_args: list[str]) -> tuple[list[str], list[list]]:
+    rows, scratch = [], Path(tempfile.mkdtemp(prefix="bench-"))
+    one_step = [*train_args, "--max_iters=1", "--eval_interval=1", "--eval_at_start=false", "--eval_tokens=1024",
+                "--eval_iters=1", "--eval_sample_chars=0"]  # the loop is as short as it can be: the rest is start-up
+    try:
+        for index, (path, cfg) in enumerate(configs):
+            vocab, train_data, _, _ = load_data(cfg.data_dir, resolve_device(cfg.device), cfg.block_size)
+            ms = time_phases(cfg, options, train_data, len(vocab), resolve_device(cfg.device))
+            runs = [time_to_target(path, one_step, scratch / f"{index}-{repeat}") for repeat in range(options.repeats)]
+            failed = [run["error"] for run in runs if "error" in run]
+            start_up = failed[0] if failed else f"{statistics.median(run['outside_s'] for run in runs):.2f}"
+            shares = (f"{ms[name]:.1f} ({ms[name] / ms['step']:.0%})" for name in PHASES)
+            rows.append([path, f"{ms['step']:.1f}", *shares, f"{ms['in_ops']:.0%}", start_up])
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return ["config", "step ms", "batch ms", "forward ms", "backward ms", "clip ms", "optimizer ms", "rest ms",
+            "in PyTorch's operators", "start-up s"], rows
+
+
 def time_to_target(path: str, train_args: list[str], out_dir: Path) -> dict:
     """Run train.py on one config into out_dir (train_args hold --target_loss, so the run ends at the first evaluation
     at or below it) and read what the run took from its record: from launch to that evaluation (the process's wall
@@ -285,12 +371,13 @@ def time_evaluation(cfg: TrainConfig, options: BenchOptions, train_data, val_dat
     return statistics.median(seconds)
 
 
-def bench_steps(configs, options: BenchOptions, vocab_size: int, device: str) -> tuple[list[str], list[list]]:
+def bench_steps(configs, options: BenchOptions, device: str) -> tuple[list[str], list[list]]:
     rows, peaks = [], []
     for path, cfg in configs:
         started = time.perf_counter()
-        _, train_data, val_data, _ = load_data(cfg.data_dir, resolve_device(cfg.device), cfg.block_size)
+        vocab, train_data, val_data, _ = load_data(cfg.data_dir, resolve_device(cfg.device), cfg.block_size)
         load_s = time.perf_counter() - started
+        vocab_size = len(vocab)  # each config's own data: a BPE run's vocabulary is not a character run's
         fast_path = [True, False] if options.compare else [True]
         results = time_steps(cfg, options, train_data, vocab_size, resolve_device(cfg.device), fast_path)
         eval_s = time_evaluation(cfg, options, train_data, val_data, vocab_size, resolve_device(cfg.device))
@@ -365,9 +452,10 @@ def bench_target(configs, options: BenchOptions, train_args: list[str], device: 
     return header, rows
 
 
-def bench_sampling(configs, options: BenchOptions, vocab_size: int) -> tuple[list[str], list[list]]:
+def bench_sampling(configs, options: BenchOptions) -> tuple[list[str], list[list]]:
     rows = []
     for path, cfg in configs:
+        vocab_size = len(load_data(cfg.data_dir, "cpu", cfg.block_size)[0])
         seconds = time_sampling(cfg, options, vocab_size, resolve_device(cfg.device))
         exact, approximate, full = (statistics.median(seconds[mode]) for mode in ("exact", "approximate", "none"))
         rows.append([path, f"{cfg.n_layer}x{cfg.n_embd}, block {cfg.block_size}", options.num_samples,
@@ -381,16 +469,17 @@ def bench(argv: list[str]) -> str:
     options, configs, train_args = parse_command(argv)
     first_cfg = configs[0][1]
     device = resolve_device(first_cfg.device)
-    vocab_size = len(load_data(first_cfg.data_dir, "cpu", first_cfg.block_size)[0])
     command = "python bench.py " + " ".join(argv)
     print(f"{command}\n{device} ({device_name(device)}), torch {torch.__version__}, "
           f"{torch.get_num_threads()} CPU threads")
     if options.target_loss:
         header, rows = bench_target(configs, options, train_args, device)
     elif options.sample:
-        header, rows = bench_sampling(configs, options, vocab_size)
+        header, rows = bench_sampling(configs, options)
+    elif options.profile:
+        header, rows = bench_profile(configs, options, train_args)
     else:
-        header, rows = bench_steps(configs, options, vocab_size, device)
+        header, rows = bench_steps(configs, options, device)
     report = markdown_table(header, rows)
     print(report)
     failed = [row[0] for row in rows if str(row[3]).startswith("failed (")]

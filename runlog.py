@@ -160,6 +160,15 @@ def log_evaluation(out_dir: Path, state, evaluation: dict, lr: float, improved: 
     return record
 
 
+def progress_bar(name: str, max_iters: int, max_time: float, iter_num: int, train_s: float, show: bool):
+    """tqdm's bar over the run: its steps out of max_iters, or with a max_time budget its seconds of training."""
+    if max_time:
+        seconds = math.ceil(max_time)
+        return tqdm(total=seconds, initial=min(int(train_s), seconds), desc=name, dynamic_ncols=True, disable=not show,
+                    bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} s [{elapsed}<{remaining}{postfix}]")
+    return tqdm(total=max_iters, initial=iter_num, desc=name, unit="it", dynamic_ncols=True, disable=not show)
+
+
 def resume_command(argv, torchrun: bool) -> str:
     """The command that resumes the run started by argv (train.py's arguments; None: this process's)."""
     launcher = "torchrun <the same torchrun options> train.py" if torchrun else "python train.py"
@@ -186,10 +195,15 @@ def trim_metrics(path: Path, iter_num: int) -> None:
     write_atomic(path, "".join(kept))
 
 
-def finish(out_dir: Path, status: str, classification: dict, params: int, max_iters: int, state,
+def finish(out_dir: Path, status: str, classification: dict, params: int, max_iters: int, max_time: float, state,
            tokens_per_s: float) -> dict:
     """Write summary.json from metrics.jsonl, the last evaluation's per-character metrics and where the run stands
-    (state: a RunState), print its line, and return it."""
+    (state: a RunState), print its line, and return it. A max_time budget spent within the first step is refused."""
+    train_s = state.elapsed_s - state.eval_s
+    if max_time and state.iter_num <= 1 and train_s >= max_time:  # no schedule ran: not a result
+        raise UsageError(f"max_time={max_time:g} s ran out within the first training step ({train_s:.2f} s of "
+                         f"training; {out_dir} holds that step): give a budget of many steps, or max_time=0 to train "
+                         f"for max_iters steps")
     if status == "early_stopped":
         print(f"early stop: no better val loss in {state.evals_since_best} evaluations (best "
               f"{state.best_val_loss:.4f} at iter {state.best_iter})")
@@ -219,6 +233,8 @@ def finish(out_dir: Path, status: str, classification: dict, params: int, max_it
         "val_rise_after_best": round(rise, 6),
         "elapsed_s": round(elapsed_s, 3),
         "eval_s": round(state.eval_s, 3),  # the part of elapsed_s spent evaluating and saving checkpoints
+        "train_s": round(train_s, 3),  # the rest: training, what a max_time budget counts
+        "max_time": max_time or None,  # the budget in seconds; None: none, the run took max_iters steps at most
         "tokens_seen": final["tokens_seen"],
         "tokens_per_s": round(tokens_per_s, 1),
         "started_from": started_from,  # as run.json has it: None for a run from scratch

@@ -30,7 +30,6 @@ from typing import Literal
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
-from tqdm import tqdm
 
 import devices
 import finetune
@@ -88,7 +87,8 @@ class TrainConfig(ModelConfig):
     # optimizer
     optimizer: Literal["adamw", "sgd", "muon"] = "adamw"  # muon: Muon for the blocks' matrices, AdamW for the rest
     learning_rate: float = 1e-3  # peak learning rate (with muon: of the AdamW part)
-    max_iters: int = 5000  # optimizer steps in total
+    max_iters: int = 5000  # optimizer steps in total; with max_time: at most, and the schedule's scale
+    max_time: float = 0.0  # seconds of training (evaluations not counted) after which the run ends; 0 = no budget
     weight_decay: float = 0.1  # decoupled weight decay, applied to weight matrices only (sgd: classic L2)
     beta1: float = 0.9  # AdamW beta1
     beta2: float = 0.99  # AdamW beta2
@@ -119,10 +119,13 @@ def validate(cfg: TrainConfig) -> None:
                 "eval_interval", "eval_iters", "log_interval"):
         if getattr(cfg, key) <= 0:
             problems.append(f"'{key}' must be a positive integer, got {getattr(cfg, key)}")
-    for key in ("max_iters", "warmup_iters", "min_lr", "weight_decay", "grad_clip", "early_stop_patience", "l1",
-                "eval_tokens", "target_loss", "target_eval_interval", "eval_sample_chars", "freeze_layers"):
+    for key in ("max_iters", "max_time", "warmup_iters", "min_lr", "weight_decay", "grad_clip", "early_stop_patience",
+                "l1", "eval_tokens", "target_loss", "target_eval_interval", "eval_sample_chars", "freeze_layers"):
         if getattr(cfg, key) < 0:
             problems.append(f"'{key}' must be >= 0, got {getattr(cfg, key)}")
+    for key in ("learning_rate", "muon_learning_rate"):
+        if not getattr(cfg, key) > 0:
+            problems.append(f"'{key}' must be > 0, got {getattr(cfg, key)}")
     # A run from a trained model takes its shape from the checkpoint: a mix of given and default shape keys is no
     # model, and finetune.from_checkpoint reports a given key that differs from the checkpoint's.
     from_checkpoint = cfg.init_from not in ("scratch", "resume")
@@ -135,9 +138,7 @@ def validate(cfg: TrainConfig) -> None:
                         f"n_embd / n_head is {cfg.n_embd // cfg.n_head}")
     if not 0 < cfg.wsd_decay_fraction <= 1:
         problems.append(f"'wsd_decay_fraction' must be in (0, 1], got {cfg.wsd_decay_fraction}")
-    if not cfg.learning_rate > 0:
-        problems.append(f"'learning_rate' must be > 0, got {cfg.learning_rate}")
-    elif cfg.min_lr > cfg.learning_rate:
+    if cfg.min_lr > cfg.learning_rate > 0:
         problems.append(f"'min_lr' ({cfg.min_lr}) must not exceed 'learning_rate' ({cfg.learning_rate})")
     for key in ("dropout", "label_smoothing", "beta1", "beta2", "momentum", "ema"):
         if not 0 <= getattr(cfg, key) < 1:
@@ -145,8 +146,6 @@ def validate(cfg: TrainConfig) -> None:
     if cfg.optimizer in ("sgd", "muon") and cfg.nesterov and cfg.momentum == 0:
         problems.append(f"'nesterov' needs momentum: set --momentum above 0 (e.g. 0.9) or --nesterov=false "
                         f"for plain {cfg.optimizer}")
-    if not cfg.muon_learning_rate > 0:
-        problems.append(f"'muon_learning_rate' must be > 0, got {cfg.muon_learning_rate}")
     if cfg.lr_decay_iters < -1:
         problems.append(f"'lr_decay_iters' must be >= 0, or -1 for max_iters; got {cfg.lr_decay_iters}")
     if devices.parse_device(cfg.device) is None:
@@ -186,12 +185,20 @@ def get_batch(data: torch.Tensor, block_size: int, batch_size: int, generator: t
     return windows[:, :-1], windows[:, 1:]
 
 
-def get_lr(it: int, cfg: TrainConfig) -> float:
-    """Linear warmup for warmup_iters steps, then a decay to min_lr at lr_decay_iters, then flat at min_lr.
+def schedule_position(iter_num: int, train_s: float, cfg: TrainConfig) -> float:
+    """Where the run is, in steps: iter_num, or with max_time the share of max_iters that train_s is of the budget,
+    whichever is further. get_lr reads it, and the run ends when it reaches max_iters: a whole schedule in any time."""
+    if cfg.max_time <= 0:
+        return iter_num
+    return max(iter_num, cfg.max_iters * train_s / cfg.max_time)
 
-    cosine: half a cosine wave from learning_rate to min_lr. linear: a straight line. constant: no decay at all (the
-    rate stays learning_rate). wsd (warmup-stable-decay): flat at learning_rate, then a straight line to min_lr over
-    the last wsd_decay_fraction of the steps, so a run can be branched off at any point before its decay begins."""
+
+def get_lr(it: float, cfg: TrainConfig) -> float:
+    """The rate at schedule_position it (with max_time, a fraction of a step too): linear warmup for warmup_iters
+    steps, then a decay to min_lr at lr_decay_iters, then flat at min_lr. cosine: half a cosine wave from learning_rate
+    to min_lr. linear: a straight line. constant: no decay at all (the rate stays learning_rate). wsd (warmup-stable-
+    decay): flat, then a straight line to min_lr over the last wsd_decay_fraction of the steps, so a run can be
+    branched off at any point before its decay begins."""
     lr, min_lr, warmup, decay_end = cfg.learning_rate, cfg.min_lr, cfg.warmup_iters, cfg.lr_decay_iters
     if it < warmup:
         return lr * (it + 1) / (warmup + 1)
@@ -214,9 +221,8 @@ NEAR_TARGET = 0.1  # nats above target_loss from which the training loss counts 
 
 def eval_due(it: int, train_loss: float, cfg: TrainConfig) -> bool:
     """Whether the loop evaluates before step it: every eval_interval steps (at 0 only with eval_at_start), and with
-    target_loss every target_eval_interval steps once the last training loss logged is within NEAR_TARGET of the
-    target: a race finds the step it crosses the target to within a few, without evaluating often before. The
-    training loss is used because it costs nothing (the progress bar reads it); it runs at or below the val loss."""
+    target_loss every target_eval_interval steps once the last training loss logged (free: the progress bar reads
+    it) is within NEAR_TARGET of the target: a race finds the step it crosses the target to within a few."""
     if it == 0:
         return cfg.eval_at_start
     near = cfg.target_loss > 0 and cfg.target_eval_interval > 0 and train_loss <= cfg.target_loss + NEAR_TARGET
@@ -241,11 +247,10 @@ def build(cfg: TrainConfig, vocab_size: int, device: str, fused: bool = True, we
 
 def train_step(model, optimizer, scaler, autocast, train_data, batch_gen, cfg: TrainConfig, micro_steps: range):
     """One optimizer step: forward and backward over the step's micro-batches, then clip and step. Returns the last
-    micro-batch's loss, as a tensor (reading it waits for the GPU).
-
-    micro_steps: which of the gradient_accumulation_steps micro-batches this process trains on, all of them when it
-    is alone. Under torchrun every process draws every micro-batch from the same generator and trains on its share,
-    so that together they train on exactly the batches one process would."""
+    micro-batch's loss, as a tensor (reading it waits for the GPU). micro_steps: which of the
+    gradient_accumulation_steps micro-batches this process trains on, all of them when it is alone. Under torchrun
+    every process draws every micro-batch from the same generator and trains on its share, so that together they
+    train on exactly the batches one process would."""
     device = next(model.parameters()).device  # batches go where the weights are
     if cfg.compile_mode != "default" and device.type == "cuda":  # compiled into CUDA graphs
         # A new step: the graphs may now reuse the memory of the last step's outputs (its loss was read if logged).
@@ -277,10 +282,9 @@ def train_step(model, optimizer, scaler, autocast, train_data, batch_gen, cfg: T
 
 @torch.no_grad()
 def estimate_loss(model, splits: dict, cfg: TrainConfig, autocast, stop=None) -> dict | None:
-    """The mean loss over each split of eval_splits, in fixed windows spread over it (evaluate.split_windows): every
-    evaluation reads the same ones. Returns "<split>_loss", "<split>_loss_tokens" (the targets it is over) and
-    "<split>_counts" (evaluate.prediction_counts: what accuracies and per-character F1 are drawn from); None when
-    stop (a devices.StopRequest) is requested before it ends: a long evaluation gives way to Ctrl-C within a batch."""
+    """The mean loss over each split of eval_splits, in the same fixed windows every time (evaluate.split_windows).
+    Returns "<split>_loss", "<split>_loss_tokens" (the targets it is over) and "<split>_counts" (what accuracies and
+    F1 are drawn from); None when stop (devices.StopRequest) is requested: Ctrl-C cuts an evaluation within a batch."""
     device, out = next(model.parameters()).device, {}
     model.eval()
     for split, (data, max_tokens) in splits.items():
@@ -353,16 +357,21 @@ def run(argv=None) -> dict | None:
             print(describe_reads(splits, cfg.block_size))
         track = held.enter_context(trackers(config, out_dir, on=ranks.master))  # wandb, tensorboard: those on
         stop = held.enter_context(devices.StopRequest(announce=ranks.master))  # Ctrl-C, SIGTERM
-        bar = held.enter_context(tqdm(total=cfg.max_iters, initial=state.iter_num, desc=out_dir.name, unit="it",
-                                      dynamic_ncols=True, disable=not ranks.master))
+        bar = held.enter_context(runlog.progress_bar(out_dir.name, cfg.max_iters, cfg.max_time, state.iter_num,
+                                                     state.elapsed_s - state.eval_s, show=ranks.master))
         step_model = ranks.wrap(model)  # DDP under torchrun; evaluation goes around it, as DDP's forward syncs
         micro_steps = ranks.micro_steps(cfg.gradient_accumulation_steps)  # this process's: all of them, alone
 
         # ----------------------------------------------------------------------------------------------------- loop
         t0, elapsed_before, tokens_before = time.perf_counter(), state.elapsed_s, state.tokens_seen
-        status, evaluation, last_log, loss_value = "finished", None, (t0, state.iter_num), math.inf
+        status, evaluation, loss_value, lr = "finished", None, math.inf, get_lr(max(state.iter_num - 1, 0), cfg)
         while True:
-            last_step = state.iter_num >= cfg.max_iters
+            # the seconds of training so far (max_time's budget: rank 0's clock, for all processes) and the schedule
+            train_s = elapsed_before + time.perf_counter() - t0 - state.eval_s
+            train_s = ranks.from_master({"train_s": train_s}, ("train_s",))["train_s"] if cfg.max_time else train_s
+            position = schedule_position(state.iter_num, train_s, cfg)
+            last_step = position >= cfg.max_iters
+            bar.update((min(int(train_s), bar.total) if cfg.max_time else state.iter_num) - bar.n)
             # evaluate, log and checkpoint when due (a resumed run's last evaluation is logged, unless a stop cut it)
             if state.eval_cut or (eval_due(state.iter_num, loss_value, cfg) or last_step) and \
                     state.iter_num != resumed_at:
@@ -374,7 +383,6 @@ def run(argv=None) -> dict | None:
                 if losses is None:  # a stop cut it short: ckpt.pt keeps the steps taken, a resumed run evaluates first
                     state.eval_cut, status = True, "interrupted"
                     break
-                lr = get_lr(max(state.iter_num - 1, 0), cfg)  # the rate of the step just taken
                 check_finite(losses, state, lr, out_dir)
                 improved = state.record_eval(losses["val_loss"])
                 if 0 < cfg.early_stop_patience <= state.evals_since_best and not last_step:
@@ -401,7 +409,7 @@ def run(argv=None) -> dict | None:
                 break
 
             # set the learning rate (each parameter group scales it: Muon's matrices have their own peak), and step
-            lr = get_lr(state.iter_num, cfg)
+            lr = get_lr(position, cfg)
             for group in optimizer.param_groups:
                 group["lr"] = lr * group["lr_scale"]
             loss = train_step(step_model, optimizer, scaler, autocast, train_data, batch_gen, cfg, micro_steps)
@@ -414,11 +422,7 @@ def run(argv=None) -> dict | None:
             if state.iter_num % cfg.log_interval == 0 or state.iter_num == cfg.max_iters:
                 loss_value = ranks.mean(loss.item())  # a NaN on any process reaches all, so that all stop
                 check_finite({"training_loss": loss_value}, state, lr, out_dir)
-                now = time.perf_counter()
-                rate = (state.iter_num - last_log[1]) * cfg.tokens_per_iter / max(now - last_log[0], 1e-9)
-                last_log = (now, state.iter_num)
-                bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}", tok_s=f"{rate:,.0f}", refresh=False)
-                bar.update(state.iter_num - bar.n)
+                bar.set_postfix(iter=state.iter_num, loss=f"{loss_value:.4f}", lr=f"{lr:.2e}", refresh=False)
 
         # --------------------------------------------------------------------------------------------------- ending
         bar.close()
@@ -436,7 +440,7 @@ def run(argv=None) -> dict | None:
         evaluation = evaluation or estimate_loss(eval_model, splits, cfg, autocast)  # None: resumed at the very end
         tokens_per_s = (state.tokens_seen - tokens_before) / max(time.perf_counter() - t0, 1e-9)
         return runlog.finish(out_dir, status, classification_metrics(evaluation["val_counts"]), model.num_params(),
-                             cfg.max_iters, state, tokens_per_s)
+                             cfg.max_iters, cfg.max_time, state, tokens_per_s)
 
 
 if __name__ == "__main__":

@@ -98,6 +98,15 @@ def test_sampling_times_each_cache_mode(tiny_data, tmp_path):
     assert row[6].endswith("x") and row[8].endswith("x")  # exact's speed-up over none, its cost over approximate
 
 
+def test_profile_takes_a_step_apart_and_times_a_runs_start_up(tiny_data, tmp_path):
+    config = tiny_config(tmp_path, tiny_data, gradient_accumulation_steps=2)
+    (row,) = table_rows(bench.main([config, "--profile", "--iters=3", "--warmup=1", "--repeats=1"]))
+    step, phases = float(row[1]), [float(cell.split()[0]) for cell in row[2:8]]
+    assert all(ms >= 0 for ms in phases) and phases[1] > 0 and phases[2] > 0 and phases[4] > 0  # forward, backward, step
+    assert sum(phases) == pytest.approx(step, abs=0.1 * len(phases))  # the phases make up the step (each rounded)
+    assert 0 < float(row[8].rstrip("%")) <= 100 and float(row[9]) > 0  # in PyTorch's operators; start-up s
+
+
 def test_bench_mistakes_are_reported_together(capsys):
     with pytest.raises(SystemExit) as exc:
         bench.main(["config/cpu.py", "--iter=5", "--n_layers=2", "--compare", "--sample"])
@@ -105,6 +114,7 @@ def test_bench_mistakes_are_reported_together(capsys):
     assert exc.value.code == 2 and "Traceback" not in err
     assert "unknown key 'iter' on the command line (did you mean 'iters'?)" in err
     assert "unknown key 'n_layers' on the command line (did you mean 'n_layer'?)" in err
+    assert "--compare and --sample are different benchmarks: run them one at a time" in err
 
 
 @pytest.mark.parametrize("args, message", [

@@ -84,6 +84,17 @@ def test_two_processes_train_what_one_does_and_stop_and_resume_together(tiny_dat
         torch.testing.assert_close(weight, single["model"][name], rtol=1e-3, atol=1e-5)
 
 
+def test_two_processes_spend_a_time_budget_together(tiny_data, tmp_path):
+    # Each process reads its own clock; they agree on the mean at every step, so both take the same rates and stop at
+    # the same step (else one would wait forever for the other's gradients, and the test would fail as hung).
+    proc = torchrun(tiny_train_args(tiny_data, tmp_path / "run", max_iters=100_000, max_time=2, eval_interval=100_000,
+                                    gradient_accumulation_steps=2))
+    stdout, stderr = finish(proc)
+    assert proc.returncode == 0, stdout + stderr
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert 1 < summary["iter_num"] < 100_000 and summary["train_s"] >= 2 and summary["max_time"] == 2
+
+
 def test_gradient_accumulation_steps_are_shared_out_equally():
     assert devices.micro_steps_per_rank(8, 1) == 8
     assert devices.micro_steps_per_rank(8, 4) == 2

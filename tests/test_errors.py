@@ -140,6 +140,11 @@ def _(ctx):
     ctx.train(target_loss=-1)
 
 
+@scenario("A time budget shorter than one step")
+def _(ctx):
+    ctx.train(max_time=1e-9)  # every step takes longer than a nanosecond
+
+
 @scenario("Seeds for a benchmark that takes none")
 def _(ctx):
     bench.main(["config/cpu.py", "--seeds=1,2,3"])

@@ -187,7 +187,8 @@ def test_summary_flags_a_val_loss_that_rose_after_its_best(tmp_path):
                  "val_acc": 0.5, "val_top5": 0.9, "tokens_seen": i * 10} for i, t, v in curve]
         (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
         return runlog.finish(tmp_path, "finished", {"precision_macro": 0.5, "recall_macro": 0.4, "f1_macro": 0.45},
-                             params=1, max_iters=20, state=RunState(elapsed_s=1.0), tokens_per_s=10.0)
+                             params=1, max_iters=20, max_time=0.0, state=RunState(elapsed_s=1.0),
+                             tokens_per_s=10.0)
 
     summary = summary_of([(0, 4.0, 4.0), (10, 1.5, 1.60), (20, 1.2, 1.65)])
     assert summary["overfit"] is True and summary["val_rise_after_best"] == pytest.approx(0.05)
