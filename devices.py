@@ -121,8 +121,22 @@ def device_name(device: str) -> str:
     if device.startswith("cuda"):
         return torch.cuda.get_device_name(torch.device(device))
     if device == "cpu":
-        return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+        return f"{cpu_model()}, {torch.get_num_threads()} threads{', bf16 units' if cpu_has_bf16() else ''}"
     return device
+
+
+def cpu_model(cpuinfo: str | None = None) -> str:
+    """The CPU's model name as Linux's /proc/cpuinfo (or the text given) has it, e.g. "AMD EPYC 7B13": the same core
+    count differs by 2x in speed from one kind to another, so a timing names it. Elsewhere, what platform knows."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text(errors="replace")
+        except OSError:
+            cpuinfo = ""
+    for line in cpuinfo.splitlines():
+        if line.lower().startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return f"{platform.processor() or platform.machine()} CPU"
 
 
 def synchronize(device) -> None:

@@ -22,6 +22,7 @@ train.py calls prepare_if_missing first: a run on the default data_dir prepares 
 """
 
 import hashlib
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -227,18 +228,26 @@ def prepare_text(cfg: PrepareConfig) -> dict:
 # Prepared on first use, for train.py
 
 def prepare_if_missing(data_dir: str) -> bool:
-    """Prepare the default Tiny Shakespeare folder from its shipped text if its prepared files are missing, saying so
-    in one line: True if it prepared. False, having touched nothing, for any other data_dir (load_meta's error names
-    prepare_shakespeare.py there) or when the files are there. Safe to call from several processes at once."""
+    """Prepare a folder of the shipped Tiny Shakespeare if its prepared files are missing, saying so in one line: the
+    default data/shakespeare_char, or data/shakespeare_bpe<N> beside it (BPE tokens, a vocabulary of N, as
+    config/cpu_bpe.py reads). True if it prepared. False, having touched nothing, for any other data_dir (load_meta's
+    error names prepare_shakespeare.py there) or when the files are there. Safe from several processes at once."""
     folder = Path(data_dir)
-    if folder.resolve() != SHAKESPEARE_DIR.resolve() or is_prepared(folder):
+    bpe_size = re.fullmatch(r"shakespeare_bpe(\d+)", folder.name)
+    if folder.resolve() == SHAKESPEARE_DIR.resolve():
+        # The command line's defaults, so the files are those `python prepare_shakespeare.py` writes there.
+        settings = PrepareConfig(data_dir=str(data_dir))
+    elif bpe_size and folder.resolve().parent == SHAKESPEARE_DIR.resolve().parent:
+        settings = PrepareConfig(data_dir=str(data_dir), tokenizer="bpe", vocab_size=int(bpe_size.group(1)))
+    else:
+        return False
+    if is_prepared(folder):
         return False
     with waiting_lock(ensure_dir(folder, key="data_dir") / PREPARE_LOCK):
         if is_prepared(folder):  # another process prepared it while this one waited for the lock
             return False
         print(f"preparing {data_dir} from the shipped Tiny Shakespeare (once) ...", flush=True)
-        # The command line's defaults, so the files are those `python prepare_shakespeare.py` writes there.
-        prepare_text(PrepareConfig(data_dir=str(data_dir)))
+        prepare_text(settings)
     return True
 
 

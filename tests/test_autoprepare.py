@@ -68,6 +68,21 @@ def test_another_folder_is_not_prepared_or_created(default_dir, tmp_path, capsys
     assert capsys.readouterr().out == ""
 
 
+def test_a_bpe_folder_of_the_shipped_text_is_prepared_as_its_command_would(default_dir, capsys):
+    pytest.importorskip("tokenizers")  # installed by .ci/run from requirements-extras.txt
+    bpe_dir = default_dir.parent / "shakespeare_bpe300"
+    assert prep.prepare_if_missing("shakespeare_bpe300") is True
+    assert capsys.readouterr().out == "preparing shakespeare_bpe300 from the shipped Tiny Shakespeare (once) ...\n"
+    made = prepared(bpe_dir) | {"tokenizer.json": (bpe_dir / "tokenizer.json").read_bytes()}
+    assert json.loads(made["meta.json"])["vocab_size"] == 300
+    assert prep.prepare_if_missing(str(bpe_dir)) is False  # once
+    for name in (*FILES, "tokenizer.json"):
+        (bpe_dir / name).unlink()
+    prep.main(["--data_dir=shakespeare_bpe300", "--tokenizer=bpe", "--vocab_size=300"])
+    assert made == prepared(bpe_dir) | {"tokenizer.json": (bpe_dir / "tokenizer.json").read_bytes()}
+    assert prep.prepare_if_missing("elsewhere/shakespeare_bpe300") is False  # beside the shipped text only
+
+
 @pytest.mark.parametrize("left", [("train.bin",), ("train.bin", "val.bin"), ("meta.json",)])
 def test_a_partial_preparation_is_done_again(default_dir, capsys, left):
     assert prep.prepare_if_missing(str(default_dir))

@@ -68,3 +68,9 @@ def test_a_device_name_is_parsed_in_one_place(name, parsed):
     if parsed is None:  # sample.py and export.py hand the setting to resolve_device without a check of their own
         with pytest.raises(UsageError, match=f"'device' must be auto, cpu, cuda, cuda:N or mps, got '{name}'"):
             devices.resolve_device(name)
+
+
+def test_the_cpu_is_named_by_its_model():
+    cpuinfo = "processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 7B13\nflags\t\t: fpu avx2\n"
+    assert devices.cpu_model(cpuinfo) == "AMD EPYC 7B13"
+    assert devices.cpu_model("processor\t: 0\n").endswith("CPU")  # no model line: what platform knows
