@@ -317,7 +317,7 @@ def time_to_target(path: str, train_args: list[str], out_dir: Path) -> dict:
         last = proc.stderr.strip().splitlines()[-1:] or ["(no output)"]
         return {"error": f"failed (exit status {proc.returncode}): {last[0]}", "process_s": process_s}
     summary, config = read_summary(out_dir), read_config(out_dir)
-    rows = [m | {"train_s": m["elapsed_s"] - m.get("eval_s", 0.0)} for m in read_metrics(out_dir) if m["iter_num"]]
+    rows = [m for m in read_metrics(out_dir) if m["iter_num"]]
     reached = summary["status"] == "target_reached"
     step_s = compile_s = None
     if len(rows) >= 2 and rows[-1]["iter_num"] > rows[0]["iter_num"]:

@@ -1,7 +1,7 @@
 """Overlay the loss curves of training runs in one PNG, and print a table of their best val losses.
 
     python plot.py                                              # every run under out/ -> out/val_loss.png
-    python plot.py out/cpu_2min out/cpu_longer_block --x=elapsed_s   # two runs against seconds of training
+    python plot.py out/cpu_1min out/cpu_2min --x=train_s     # two runs against seconds of training
     python plot.py out/cpu --x=tokens_seen --output=figs/cpu.png
 
 Each run is drawn in its own colour: the val loss as a solid line, the train loss dashed, and a marker at the best
@@ -22,14 +22,15 @@ from checkpoint import tokenizer_of
 from runlog import best_eval, find_runs, read_metrics
 
 # --x choice (a metrics.jsonl key) -> axis label
-X_AXES = {"iter_num": "iteration", "elapsed_s": "seconds of training", "tokens_seen": "tokens trained on"}
+X_AXES = {"iter_num": "iteration", "train_s": "seconds of training (evaluations left out)",
+          "elapsed_s": "seconds since training began (evaluations included)", "tokens_seen": "tokens trained on"}
 LOSS_KEYS = ("iter_num", "train_loss", "val_loss")
 
 
 @dataclass
 class PlotConfig:
     output: str = "out/val_loss.png"  # the PNG to write; its folder is created
-    x: Literal["iter_num", "elapsed_s", "tokens_seen"] = "iter_num"  # the x axis: a metrics.jsonl column
+    x: Literal["iter_num", "train_s", "elapsed_s", "tokens_seen"] = "iter_num"  # the x axis: a metrics.jsonl column
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -31,7 +31,7 @@ from files import read_json, write_atomic, write_json
 from trackers import TRACKER_DIRS
 
 METRICS_KEYS = ("iter_num", "train_loss", "val_loss", "val_ppl", "val_bpc", "val_acc", "val_top5", "lr", "elapsed_s",
-                "eval_s", "tokens_seen", "val_loss_tokens", "train_loss_tokens", "sample")  # sample: eval_sample_chars
+                "eval_s", "train_s", "tokens_seen", "val_loss_tokens", "train_loss_tokens", "sample")  # sample: eval_sample_chars
 LEGACY_NAMES = {"iter": "iter_num", "iters": "iter_num", "tokens": "tokens_seen", "wall_time_s": "elapsed_s"}
 STATUS_NOTES = {"early_stopped": " | early stopped", "target_reached": " | target_loss reached"}  # in the last line
 OVERFIT_MARGIN = 0.01  # nats the val loss may rise after its best before summary.json flags the run as overfitting
@@ -146,7 +146,7 @@ def log_evaluation(out_dir: Path, state, evaluation: dict, lr: float, improved: 
               "val_ppl": perplexity(val_loss), "val_bpc": round(val_bpc, 6),
               "val_acc": round(val_acc, 6), "val_top5": round(val_top5, 6),
               "lr": lr, "elapsed_s": round(state.elapsed_s, 3), "eval_s": round(state.eval_s, 3),
-              "tokens_seen": state.tokens_seen,
+              "train_s": round(state.elapsed_s - state.eval_s, 3), "tokens_seen": state.tokens_seen,
               "val_loss_tokens": evaluation["val_loss_tokens"], "train_loss_tokens": evaluation["train_loss_tokens"]}
     if sample is not None:
         record["sample"] = sample
@@ -292,6 +292,8 @@ def read_metrics(run_dir, required=("iter_num", "train_loss", "val_loss")) -> li
         if not isinstance(record, dict):
             raise UsageError(f"{path} line {line_number} is not a JSON object: fix or delete that line")
         record = present_names(record)
+        if "train_s" not in record and isinstance(record.get("elapsed_s"), (int, float)):  # a run before max_time
+            record["train_s"] = round(record["elapsed_s"] - record.get("eval_s", 0.0), 3)
         for key in required:
             value = record.get(key)
             if isinstance(value, bool) or not isinstance(value, (int, float)):

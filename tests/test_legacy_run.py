@@ -17,6 +17,7 @@ import sample
 import train
 from checkpoint import CHECKPOINT_FORMAT_VERSION, load_checkpoint
 from conftest import REPO, tiny_train_args
+from runlog import read_metrics
 
 LEGACY_RUN = REPO / "tests" / "data" / "run_v1"
 SETTINGS = dict(n_embd=16, lr_decay_iters=40, eval_interval=10)
@@ -47,6 +48,10 @@ def test_a_legacy_run_samples_plots_and_compares(legacy_run, tmp_path, capsys):
     fig = plot.main([str(legacy_run), f"--output={tmp_path / 'old.png'}", "--x=tokens_seen"])
     line = next(line for line in fig.axes[0].lines if not line.get_label().startswith("_"))
     assert list(line.get_xdata()) == [0, 1280, 2560]  # the old "tokens" column, under its present name
+    fig = plot.main([str(legacy_run), f"--output={tmp_path / 'old.png'}", "--x=train_s"])
+    line = next(line for line in fig.axes[0].lines if not line.get_label().startswith("_"))
+    times = [(m["elapsed_s"], m.get("eval_s", 0.0)) for m in read_metrics(legacy_run)]
+    assert list(line.get_xdata()) == [round(elapsed - evaluating, 3) for elapsed, evaluating in times]  # derived
     shutil.copytree(LEGACY_RUN, tmp_path / "copy")
     report = compare.main([str(legacy_run), str(tmp_path / "copy"), f"--output={tmp_path / 'report'}",
                            "--max_new_tokens=5"]).read_text()

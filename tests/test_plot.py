@@ -144,9 +144,9 @@ def test_no_runs_under_out(tmp_path, monkeypatch, capsys):
 
 
 def test_bad_x(runs, capsys):
-    assert "'x' on the command line must be 'iter_num' or 'elapsed_s' or 'tokens_seen', got 'epochs'" in \
+    assert "'x' on the command line must be 'iter_num' or 'train_s' or 'elapsed_s' or 'tokens_seen', got 'epochs'" in \
         error_of(capsys, [str(runs[0]), "--x=epochs"])
-    with pytest.raises(UsageError, match="x must be one of iter_num, elapsed_s, tokens_seen"):
+    with pytest.raises(UsageError, match="x must be one of iter_num, train_s, elapsed_s, tokens_seen"):
         plot.plot_runs(runs, "unused.png", x="epochs")
 
 

@@ -37,7 +37,7 @@ def test_tiny_run_writes_its_records_and_learns(tiny_run):
     assert [m["iter_num"] for m in metrics] == [0, 10, 20, 30, 40]
     assert set(runlog.METRICS_KEYS) == metrics[0].keys() == {  # "sample": at iter 0 and now and then
         "iter_num", "train_loss", "val_loss", "val_ppl", "val_bpc", "val_acc", "val_top5", "lr", "elapsed_s",
-        "eval_s", "tokens_seen", "val_loss_tokens", "train_loss_tokens", "sample"}
+        "eval_s", "train_s", "tokens_seen", "val_loss_tokens", "train_loss_tokens", "sample"}
     assert all(m["val_ppl"] == pytest.approx(math.exp(m["val_loss"]), rel=1e-4) for m in metrics)
     assert all(m["val_bpc"] == pytest.approx(m["val_loss"] / math.log(2), rel=1e-5) for m in metrics)
     assert all(0 <= m["val_acc"] <= m["val_top5"] <= 1 for m in metrics)
