@@ -3,6 +3,7 @@
     python train.py config/cpu.py                      # a small model on a CPU, in under a minute
     python train.py config/baseline.py                 # nanoGPT's Shakespeare-char recipe, for a GPU
     python train.py config/cpu.py --max_iters=500 --n_layer=2
+    python train.py config/cpu.py --max_time=60        # 60 s of training, however fast the machine
     python train.py config/cpu.py --init_from=resume   # continue from out_dir/ckpt.pt
     python train.py config/finetune_richard.py         # a new run from a trained one's weights (docs/finetuning.md)
     torchrun --standalone --nproc_per_node=8 train.py config/baseline.py --gradient_accumulation_steps=8
