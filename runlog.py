@@ -31,7 +31,8 @@ from files import read_json, write_atomic, write_json
 from trackers import TRACKER_DIRS
 
 METRICS_KEYS = ("iter_num", "train_loss", "val_loss", "val_ppl", "val_bpc", "val_acc", "val_top5", "lr", "elapsed_s",
-                "eval_s", "train_s", "tokens_seen", "val_loss_tokens", "train_loss_tokens", "sample")  # sample: eval_sample_chars
+                "eval_s", "train_s", "tokens_seen", "val_loss_tokens", "train_loss_tokens",
+                "sample")  # sample: with eval_sample_chars
 LEGACY_NAMES = {"iter": "iter_num", "iters": "iter_num", "tokens": "tokens_seen", "wall_time_s": "elapsed_s"}
 STATUS_NOTES = {"early_stopped": " | early stopped", "target_reached": " | target_loss reached"}  # in the last line
 OVERFIT_MARGIN = 0.01  # nats the val loss may rise after its best before summary.json flags the run as overfitting

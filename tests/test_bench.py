@@ -102,7 +102,7 @@ def test_profile_takes_a_step_apart_and_times_a_runs_start_up(tiny_data, tmp_pat
     config = tiny_config(tmp_path, tiny_data, gradient_accumulation_steps=2)
     (row,) = table_rows(bench.main([config, "--profile", "--iters=3", "--warmup=1", "--repeats=1"]))
     step, phases = float(row[1]), [float(cell.split()[0]) for cell in row[2:8]]
-    assert all(ms >= 0 for ms in phases) and phases[1] > 0 and phases[2] > 0 and phases[4] > 0  # forward, backward, step
+    assert all(ms >= 0 for ms in phases) and phases[1] > 0 and phases[2] > 0 and phases[4] > 0  # forward, back, step
     assert sum(phases) == pytest.approx(step, abs=0.1 * len(phases))  # the phases make up the step (each rounded)
     assert 0 < float(row[8].rstrip("%")) <= 100 and float(row[9]) > 0  # in PyTorch's operators; start-up s
 
