@@ -1,5 +1,5 @@
-# config/cpu.py's shape with GPT-2's architecture (learned positions, GELU MLP, LayerNorm) trained with AdamW: the
-# recipe cpu.py was before it took Muon and rotary positions, kept to compare against (BENCHMARKS.md).
+# 2 layers x 128 with GPT-2's architecture (learned positions, GELU MLP, LayerNorm) trained with AdamW: the recipe
+# config/cpu.py was before it took Muon, rotary positions and a narrower model, kept to compare against (BENCHMARKS.md).
 #   python train.py config/cpu_classic.py
 # With so little compute, the number of optimizer steps matters most: a shallow model at a high learning rate, on
 # small batches, decaying to min_lr by the last step. torch.compile stays off (compile = auto is on for CUDA only):

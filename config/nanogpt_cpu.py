@@ -13,7 +13,9 @@ compile = False
 always_save_checkpoint = False  # from train_shakespeare_char.py: ckpt.pt only when the val loss improves
 
 eval_interval = 250  # from train_shakespeare_char.py
-eval_iters = 20
+eval_iters = 20  # the train loss from 20 batches' worth of tokens, as nanoGPT's
+eval_tokens = 15_360  # the val loss from as many (20 x 12 x 64), as nanoGPT's: an estimate at nanoGPT's cost
+eval_sample_chars = 0  # nanoGPT writes no text while it trains
 log_interval = 10  # nanoGPT logs every step (--log_interval=1); each log here reads the loss, a host sync
 
 batch_size = 12
